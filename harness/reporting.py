@@ -1,0 +1,158 @@
+"""MLflow reporting. The runner owns the reporter; methods only return metric dicts.
+
+Layout: one experiment per stream, one parent run per (method, seed), one nested run per task.
+Metrics are stepped by global env frames and sent in batches (``MlflowClient.log_batch``: about
+30x faster than separate calls on the sqlite store, anchors.md section 6).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+PARENT = "parent"
+TASK = "task"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the embedded sqlite store ``./mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def ui_command(uri: str | None = None) -> str:
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri} in a browser"
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient  # mlflow sets its loggers up on import: quiet them after
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(uri)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b": "value"} for MLflow params (values cut to MLflow's 6000 chars)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class MlflowReporter:
+    def __init__(self, uri: str | None = None):
+        self.uri = uri or tracking_uri()
+        self.client = _client(self.uri)
+        self.run_ids: dict[str, str | None] = {PARENT: None, TASK: None}
+        self._buffer: dict[str, list[Any]] = {PARENT: [], TASK: []}
+        self._last_flush = time.monotonic()
+
+    # ------------------------------------------------------------ runs
+    def start(self, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
+        exp = self.client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
+        self.run_ids[PARENT] = run.info.run_id
+        self.experiment_id = exp_id
+        self.log_params(params)
+        return run.info.run_id
+
+    def resume(self, run_id: str) -> Any:
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # mlflow raises MlflowException / RestException for unknown ids
+            raise HarnessError(f"no MLflow run {run_id!r} in {self.uri}; list runs with `{ui_command(self.uri)}`") from None
+        if run.data.tags.get("mlflow.parentRunId"):
+            raise HarnessError(f"run {run_id!r} is a per-task run; resume its parent "
+                               f"{run.data.tags['mlflow.parentRunId']!r}")
+        self.run_ids[PARENT] = run_id
+        self.experiment_id = run.info.experiment_id
+        self.client.update_run(run_id, "RUNNING")
+        return run
+
+    def start_task(self, index: int, name: str, tags: dict[str, str]) -> str:
+        """The nested run of stream position ``index``; an existing one (from a resumed run) is reused."""
+        parent = self.run_ids[PARENT]
+        existing = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.task_index = '{index}'")
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, "RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"{index}-{name}",
+                tags={**tags, "mlflow.parentRunId": parent, "task_index": str(index), "task": name})
+            run_id = run.info.run_id
+        self.run_ids[TASK] = run_id
+        return run_id
+
+    def end_task(self, status: str = "FINISHED") -> None:
+        self.flush()
+        if self.run_ids[TASK]:
+            self.client.set_terminated(self.run_ids[TASK], status)
+            self.run_ids[TASK] = None
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.end_task(status)
+        if self.run_ids[PARENT]:
+            self.client.set_terminated(self.run_ids[PARENT], status)
+
+    # ------------------------------------------------------------ logging
+    def log_params(self, params: dict[str, str], run: str = PARENT) -> None:
+        from mlflow.entities import Param
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params
+            self.client.log_batch(self.run_ids[run], params=items[i:i + 100])
+
+    def set_tags(self, tags: dict[str, str], run: str = PARENT) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_ids[run], k, v)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, run: str = PARENT) -> None:
+        """Buffered; non-finite values are kept out of MLflow (they are reported by the runner)."""
+        from mlflow.entities import Metric
+        if self.run_ids[run] is None:
+            return
+        now = int(time.time() * 1000)
+        self._buffer[run].extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                                 if v is not None and math.isfinite(float(v)))
+        if time.monotonic() - self._last_flush > 10 or len(self._buffer[run]) > 800:
+            self.flush()
+
+    def flush(self) -> None:
+        for run, metrics in self._buffer.items():
+            if metrics and self.run_ids[run]:
+                for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
+                    self.client.log_batch(self.run_ids[run], metrics=metrics[i:i + 1000])
+            metrics.clear()
+        self._last_flush = time.monotonic()
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None,
+                     run: str = PARENT) -> None:
+        self.client.log_artifact(self.run_ids[run], str(path), artifact_path)
+
+    def log_json(self, obj: Any, filename: str, run: str = PARENT) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / filename
+            p.write_text(json.dumps(obj, indent=2, default=str))
+            self.log_artifact(p, run=run)
+
+    def find_runs(self, experiment: str, filter_string: str) -> list[Any]:
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        return self.client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=200)

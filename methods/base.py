@@ -1,0 +1,136 @@
+"""The method interface the runner drives, and the config/preset machinery every method shares."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method learns about the run when it is built."""
+    task_names: tuple[str, ...]          # the stream's tasks, in order
+    obs_spec: dict[str, tuple[tuple[int, ...], str]]  # padded observation shapes and dtypes (no batch)
+    action_dim: int                      # padded action dim shared by all tasks of the stream
+    seed: int
+    device: str                          # "cpu" or "cuda[:i]"
+    workdir: Path                        # a directory the method may use for large state (replay files)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """The task a call is about: the one being trained, or the one being evaluated."""
+    index: int                 # stream position (a task may appear twice in a stream)
+    name: str
+    embodiment: str
+    suite: str
+    frames: int                # env-frame budget of this task in the stream
+    action_mask: np.ndarray    # float32 (action_dim,)
+    action_repeat: int
+
+
+@dataclass
+class Step:
+    """One time step as the runner reports it (DreamerV3 convention).
+
+    ``reward`` was received on arriving at ``obs``; ``action`` is the one taken from ``obs`` (zeros on
+    the last step). Observations are unbatched: pixels uint8 (3, H, W), proprio float32 (D,)."""
+    obs: dict[str, np.ndarray]
+    action: np.ndarray
+    reward: float
+    is_first: bool
+    is_last: bool
+    is_terminal: bool
+
+
+class Method(Protocol):
+    def on_task_start(self, task: TaskContext) -> None: ...
+
+    def act(self, obs: dict[str, np.ndarray], state: Any, task: TaskContext,
+            explore: bool) -> tuple[np.ndarray, Any]:
+        """Batched: ``obs`` values have a leading batch dim B and include ``is_first`` (B,) bool.
+        ``state=None`` starts fresh. Returns actions (B, action_dim) in [-1, 1] and the new state."""
+        ...
+
+    def observe(self, step: Step) -> None: ...
+
+    def update(self, env_frames: int) -> dict[str, float]:
+        """Called after every agent step; the method decides how many gradient updates to run
+        (its train ratio). Returns metrics to log (losses named ``*loss*`` are checked for NaN)."""
+        ...
+
+    def on_task_end(self, task: TaskContext) -> dict[str, float]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    config_cls: type
+    build: Callable[[Any, MethodContext], Method]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> field overrides
+    default_preset: str = "paper"
+
+
+def _coerce(value: str, target: Any, key: str) -> Any:
+    """Turn a CLI string into the field's type."""
+    origin = typing.get_origin(target)
+    try:
+        if target is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if target is int:
+            return int(float(value)) if "e" in value.lower() else int(value)
+        if target is float:
+            return float(value)
+        if target is str:
+            return value
+        if origin is tuple:
+            (inner, *_) = typing.get_args(target)
+            return tuple(_coerce(v.strip(), inner, key) for v in value.strip("()[] ").split(",") if v.strip())
+    except ValueError:
+        raise HarnessError(f"override {key}={value!r}: expected {getattr(target, '__name__', target)}") from None
+    raise HarnessError(f"override {key}: fields of type {target} cannot be set from the command line")
+
+
+def resolve_config(spec: MethodSpec, method: str, preset: str | None,
+                   overrides: dict[str, str] | None = None) -> Any:
+    """The method's config: defaults, then the preset, then ``KEY=VALUE`` overrides."""
+    preset = preset or spec.default_preset
+    if preset not in spec.presets and preset != "paper":
+        raise HarnessError(f"unknown preset {preset!r} for method {method!r}; "
+                           f"valid: {', '.join(sorted({'paper', *spec.presets}))}")
+    cfg = spec.config_cls(**spec.presets.get(preset, {}))
+    for key, value in (overrides or {}).items():
+        cfg = _override(cfg, key, key, value, method)
+    return cfg
+
+
+def _override(cfg: Any, key: str, full_key: str, value: str, method: str) -> Any:
+    """Set one field; ``a.b`` reaches into a nested config dataclass (e.g. ``model.deter=256``)."""
+    head, dot, rest = key.partition(".")
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    if head not in hints or head not in names:
+        prefix = full_key[: len(full_key) - len(key)]
+        raise HarnessError(f"unknown config field {full_key!r} for method {method!r}; "
+                           f"valid: {', '.join(prefix + n for n in names) or '(none)'}")
+    current = getattr(cfg, head)
+    if dot:
+        if not dataclasses.is_dataclass(current):
+            raise HarnessError(f"override {full_key}: {head!r} has no sub-fields")
+        return dataclasses.replace(cfg, **{head: _override(current, rest, full_key, value, method)})
+    if dataclasses.is_dataclass(current):
+        first = dataclasses.fields(current)[0].name
+        raise HarnessError(f"override {full_key}: {head!r} is a group of settings; set one of them, "
+                           f"e.g. {full_key}.{first}=...")
+    return dataclasses.replace(cfg, **{head: _coerce(value, hints[head], full_key)})

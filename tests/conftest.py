@@ -1,0 +1,16 @@
+import os
+
+import pytest
+
+# Headless rendering for every test, set the same way the CLI does (no library patching).
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch):
+    """A fresh embedded MLflow store per test, in the test's temp dir."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("GSA_STREAMS_DIR", str(tmp_path / "user-streams"))
+    return uri

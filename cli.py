@@ -22,6 +22,9 @@ class _Group(click.Group):
         except HarnessError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="red", err=True)
+            sys.exit(130)
 
 
 def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:

@@ -162,6 +162,7 @@ class _Run:
 
     # -- checkpoints
     def save(self) -> None:
+        self.rep.flush()  # everything the checkpoint has seen is in MLflow before it is written
         checkpoint.save(self.run_dir / checkpoint.CHECKPOINT_FILE,
                         {"progress": dataclasses.asdict(self.p), "method": self.method.state_dict(),
                          "rng": _rng_state()})
@@ -315,6 +316,9 @@ def run_stream(cfg: RunConfig, resume: str | None = None, echo: Any = print,
         run_dir = Path(run.data.tags["checkpoint_dir"])
         payload = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
         progress = Progress(**payload["progress"])
+        # Metrics logged after this checkpoint and before the crash stay in MLflow; the resumed run logs
+        # those env frames again. This tag says from where, so curves can be read correctly.
+        rep.set_tags({f"resumed_at_env_frames.{int(time.time())}": str(progress.global_env_frames)})
         echo(f"resuming run {resume} at task {progress.task_index}, "
              f"{progress.task_env_frames} env frames into it ({progress.global_env_frames} in all)")
     else:
@@ -360,11 +364,11 @@ def run_stream(cfg: RunConfig, resume: str | None = None, echo: Any = print,
         rep.log_metrics(summary, progress.global_env_frames, run=PARENT)
         run.log_stream_artifacts()
         rep.close("FINISHED")
-    except KeyboardInterrupt:
-        rep.close("KILLED")
-        raise
-    except BaseException:
-        rep.close("FAILED")
+    except BaseException as exc:
+        rep.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        echo(f"run {rep.run_ids[PARENT]} stopped at {progress.global_env_frames:,} env frames "
+             f"({type(exc).__name__}); earlier tasks' results are kept. Continue it with:\n"
+             f"  python cli.py run-stream --resume {rep.run_ids[PARENT]}")
         raise
     echo(f"done: {cfg.method} on {cfg.stream.name}, seed {cfg.seed}, {progress.global_env_frames:,} env frames")
     for k, v in summary.items():

@@ -66,3 +66,47 @@ def test_user_stream_file_runs_end_to_end_with_pixels(mlflow_uri, tmp_path):
     exp = client.get_experiment_by_name("stream/mine")
     (parent,) = [x for x in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in x.data.tags]
     assert parent.info.status == "FINISHED" and parent.data.tags["obs_type"] == "pixels"
+
+
+def test_killed_process_resumes_without_redoing_finished_tasks(mlflow_uri, tmp_path):
+    """SIGKILL a real run after its first task, then --resume it: same MLflow run, task 0 not redone."""
+    import signal
+    import time
+
+    from harness import checkpoint
+
+    f = tmp_path / "k.toml"
+    f.write_text('name = "killme"\n[eval]\nevery_frames = 4000\nepisodes = 1\n'
+                 '[[tasks]]\nname = "cartpole-balance"\nframes = 1000\n'
+                 '[[tasks]]\nname = "cartpole-swingup"\nframes = 8000\n')
+    import os
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "run-stream", "--stream-file", str(f),
+                             "--obs", "proprio", "--video-frames", "0", "--checkpoint-every", "1000000"],
+                            cwd=tmp_path, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    ckpts = list((tmp_path / "runs").glob("*/checkpoint.pt")) if (tmp_path / "runs").exists() else []
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpts = list((tmp_path / "runs").glob("*/checkpoint.pt")) if (tmp_path / "runs").exists() else []
+        if ckpts:
+            try:
+                if checkpoint.load(ckpts[0])["progress"]["task_index"] >= 1:
+                    break
+            except Exception:
+                pass  # being replaced right now
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; " + proc.stderr.read().decode()[-500:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_id = ckpts[0].parent.name
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run_id).info.status == "RUNNING"  # SIGKILL: nobody could mark it
+
+    r = cli("run-stream", "--resume", run_id, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming run {run_id} at task 1" in r.stdout
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "eval/0-cartpole-balance/score")]
+    assert steps == [1000, 5000, 9000]  # task 0's row once, then task 1's evaluations
+    exp = client.get_experiment_by_name("stream/killme")
+    assert len([x for x in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in x.data.tags]) == 1

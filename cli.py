@@ -185,5 +185,28 @@ def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str 
     run_stream(cfg, echo=click.echo)
 
 
+# ------------------------------------------------------------------------------------ comparing
+
+@main.command("compare")
+@click.argument("stream")
+@click.option("--methods", default=None, help="Comma-separated methods (default: all with finished runs).")
+@click.option("--seeds", default=None, help="Comma-separated seeds (default: all).")
+@click.option("--out", "out_dir", default=None, help="Output folder (default: comparisons/<stream>-<time>).")
+def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: str | None) -> None:
+    """Compare methods on STREAM from the runs in MLflow: table, curves, R matrices (also logged to MLflow)."""
+    from harness.compare import compare
+    from harness.reporting import ui_command
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise HarnessError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
+    comp = compare(stream, [m.strip() for m in methods.split(",")] if methods else None, seed_list, out_dir)
+    click.echo(comp.markdown())
+    for e in comp.excluded:
+        click.echo(f"excluded: {e}")
+    click.echo(f"written: {', '.join(str(p) for p in comp.files)}")
+    click.echo(f"logged as MLflow run {comp.run_id}; look with: {ui_command()}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,234 @@
+"""Compare methods on a stream from the runs recorded in MLflow (`cli.py compare`).
+
+Reads every finished parent run of the stream's experiment, groups them by method, and writes a
+table (average performance, forgetting, forward transfer, final normalised score per task, IQM and
+optimality gap with 95% stratified-bootstrap CIs via rliable), learning curves with CIs and the R
+matrix per method, as PNG/CSV/Markdown, logged as artifacts of a "comparison" run.
+Runs whose stream, budgets or observation settings differ are reported, never mixed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import metrics
+from harness.errors import HarnessError
+from harness.reporting import MlflowReporter
+
+# What must agree for runs to be compared: the stream's tasks and budgets, and the env settings.
+SIGNATURE_KEYS = ("stream.tasks", "stream.eval.every_frames", "stream.eval.episodes", "run.env.obs_type",
+                  "run.env.action_repeat", "run.env.image_size", "run.env.render_quality")
+
+
+@dataclass
+class RunData:
+    run_id: str
+    method: str
+    seed: str
+    signature: tuple[str, ...]
+    R: np.ndarray                                   # fractions 0..1, (tasks, tasks)
+    curves: dict[int, tuple[np.ndarray, np.ndarray]]  # task j -> (global env frames, score 0..100)
+    run_metrics: dict[str, float]
+
+
+@dataclass
+class Comparison:
+    stream: str
+    task_names: list[str]
+    rows: list[dict[str, Any]]
+    excluded: list[str]
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    run_id: str | None = None
+
+    def markdown(self) -> str:
+        cols = list(self.rows[0])
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if not np.isfinite(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _load_run(client: Any, run: Any, tmp: Path) -> RunData:
+    rid = run.info.run_id
+    path = client.download_artifacts(rid, "R_matrix.json", str(tmp))
+    rj = json.loads(Path(path).read_text())
+    names = rj["tasks"]
+    curves = {}
+    for j, name in enumerate(names):
+        hist = sorted(client.get_metric_history(rid, f"eval/{j}-{name}/score"), key=lambda m: (m.step, m.timestamp))
+        by_step = {m.step: m.value for m in hist}  # a resumed run may log a step twice: keep the last
+        curves[j] = (np.array(list(by_step)), np.array(list(by_step.values())))
+    sig = tuple(run.data.params.get(k, "?") for k in SIGNATURE_KEYS)
+    return RunData(rid, run.data.tags["method"], run.data.tags.get("seed", "?"), sig,
+                   np.array(rj["R"], dtype=np.float64) / 100.0, curves, dict(run.data.metrics))
+
+
+def collect_runs(rep: MlflowReporter, stream: str, methods: list[str] | None = None,
+                 seeds: list[int] | None = None) -> tuple[dict[str, list[RunData]], list[str], list[str]]:
+    """Finished parent runs of ``stream`` grouped by method, the excluded runs (with the reason), and
+    the task names."""
+    exp = rep.client.get_experiment_by_name(f"stream/{stream}")
+    if exp is None:
+        raise HarnessError(f"no runs of stream {stream!r} in {rep.uri} (no experiment 'stream/{stream}')")
+    runs = rep.client.search_runs([exp.experiment_id], max_results=5000)
+    parents = [r for r in runs if "method" in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
+    finished = [r for r in parents if r.info.status == "FINISHED"]
+    have = sorted({r.data.tags["method"] for r in finished})
+    if methods:
+        missing = [m for m in methods if m not in have]
+        if missing:
+            raise HarnessError(f"no finished runs of method(s) {', '.join(missing)} on stream {stream!r}; "
+                               f"methods with finished runs: {', '.join(have) or '(none)'}")
+        finished = [r for r in finished if r.data.tags["method"] in methods]
+    if seeds is not None:
+        finished = [r for r in finished if r.data.tags.get("seed") in {str(s) for s in seeds}]
+    if not finished:
+        raise HarnessError(f"no finished runs to compare on stream {stream!r}"
+                           + (f" for seeds {seeds}" if seeds is not None else ""))
+    excluded = [f"{r.info.run_id} ({r.data.tags['method']}, seed {r.data.tags.get('seed')}): status {r.info.status}"
+                for r in parents if r.info.status != "FINISHED" and (not methods or r.data.tags["method"] in methods)]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = [_load_run(rep.client, r, Path(tmp)) for r in finished]
+    reference = Counter(d.signature for d in data).most_common(1)[0][0]
+    groups: dict[str, list[RunData]] = defaultdict(list)
+    for d in data:
+        if d.signature == reference:
+            groups[d.method].append(d)
+        else:
+            diff = [f"{k}={a!r} (vs {b!r})" for k, a, b in zip(SIGNATURE_KEYS, d.signature, reference) if a != b]
+            excluded.append(f"{d.run_id} ({d.method}, seed {d.seed}): different settings: {'; '.join(diff)}")
+    names = [t["name"] for t in _tasks_of(reference)]
+    return dict(groups), excluded, names
+
+
+def _tasks_of(signature: tuple[str, ...]) -> list[dict[str, Any]]:
+    import ast
+    return ast.literal_eval(signature[0])  # the params value is the repr of a list of plain dicts
+
+
+def summarize(groups: dict[str, list[RunData]], task_names: list[str], reps: int = 2000) -> list[dict[str, Any]]:
+    from rliable import library as rly
+    from rliable import metrics as rm
+
+    finals = {m: np.stack([d.R[-1] for d in runs]) for m, runs in groups.items()}  # (runs, tasks), 0..1
+    agg = lambda x: np.array([rm.aggregate_iqm(x), rm.aggregate_optimality_gap(x)])  # noqa: E731
+    point, ci = rly.get_interval_estimates(finals, agg, reps=reps)
+    rows = []
+    for m, runs in sorted(groups.items()):
+        ap = np.array([metrics.average_performance(d.R) for d in runs])
+        fg = np.array([metrics.forgetting(d.R) for d in runs])
+        ft = np.array([d.run_metrics.get("cl/forward_transfer", np.nan) for d in runs])
+        row: dict[str, Any] = {"method": m, "runs": len(runs), "seeds": ",".join(sorted(d.seed for d in runs)),
+                               "avg_performance": float(ap.mean()), "forgetting": float(fg.mean()),
+                               "forward_transfer": float(np.nanmean(ft)) if np.isfinite(ft).any() else float("nan"),
+                               "iqm": float(point[m][0]), "iqm_ci_low": float(ci[m][0, 0]), "iqm_ci_high": float(ci[m][1, 0]),
+                               "optimality_gap": float(point[m][1]), "og_ci_low": float(ci[m][0, 1]),
+                               "og_ci_high": float(ci[m][1, 1])}
+        for j, name in enumerate(task_names):
+            row[f"final {j}-{name}"] = float(finals[m][:, j].mean() * 100)
+        rows.append(row)
+    return rows
+
+
+def plot_curves(groups: dict[str, list[RunData]], task_names: list[str], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    n = len(task_names)
+    cols = min(3, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((n + cols - 1) // cols)),
+                             squeeze=False, dpi=100)
+    for j, name in enumerate(task_names):
+        ax = axes[j // cols][j % cols]
+        for m, runs in sorted(groups.items()):
+            steps = sorted(set.intersection(*[set(d.curves[j][0].tolist()) for d in runs]))
+            if not steps:
+                continue
+            ys = np.array([[dict(zip(*d.curves[j]))[s] for s in steps] for d in runs])
+            mean = ys.mean(0)
+            ax.plot(steps, mean, label=f"{m} (n={len(runs)})")
+            if len(runs) > 1:
+                lo, hi = zip(*[metrics.bootstrap_ci(ys[:, k], 0.95) for k in range(len(steps))])
+                ax.fill_between(steps, lo, hi, alpha=0.2)
+        ax.set_title(f"{j}: {name}", fontsize=9)
+        ax.set_xlabel("env frames (global)", fontsize=8)
+        ax.set_ylabel("score (0-100)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for k in range(n, axes.size):
+        axes[k // cols][k % cols].axis("off")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("evaluation score per task (mean, 95% bootstrap CI over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_R(groups: dict[str, list[RunData]], task_names: list[str], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    ms = sorted(groups)
+    n = len(task_names)
+    fig, axes = plt.subplots(1, len(ms), figsize=(max(3.5, 0.5 * n + 2) * len(ms), max(3.0, 0.45 * n + 1.5)),
+                             squeeze=False, dpi=100)
+    for ax, m in zip(axes[0], ms):
+        R = np.mean([d.R for d in groups[m]], axis=0) * 100
+        ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if R[i, j] < 60 else "black")
+        ax.set_title(f"{m}: R[i, j] (n={len(groups[m])})", fontsize=9)
+        ax.set_xlabel("evaluated task j", fontsize=8)
+        ax.set_ylabel("after training task i", fontsize=8)
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | None = None,
+            out_dir: str | Path | None = None, reporter: MlflowReporter | None = None) -> Comparison:
+    rep = reporter or MlflowReporter()
+    groups, excluded, names = collect_runs(rep, stream, methods, seeds)
+    rows = summarize(groups, names)
+    out = Path(out_dir or Path("comparisons") / f"{stream}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    comp = Comparison(stream, names, rows, excluded, out)
+    with open(out / "comparison.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    md = f"# {stream}\n\n{comp.markdown()}\n"
+    if excluded:
+        md += "\nExcluded runs:\n" + "".join(f"- {e}\n" for e in excluded)
+    (out / "comparison.md").write_text(md)
+    comp.files = [out / "comparison.csv", out / "comparison.md", plot_curves(groups, names, out / "learning_curves.png"),
+                  plot_R(groups, names, out / "R_matrices.png")]
+    rep.start(f"stream/{stream}", "comparison",
+              {"run_type": "comparison", "stream": stream, "methods": ",".join(sorted(groups)),
+               "compared_runs": ",".join(d.run_id for runs in groups.values() for d in runs)}, {})
+    for p in comp.files:
+        rep.log_artifact(p)
+    for r in rows:
+        rep.log_metrics({f"{r['method']}/{k}": v for k, v in r.items() if isinstance(v, float)}, 0)
+    rep.close("FINISHED")
+    comp.run_id = rep.run_ids["parent"]
+    return comp

@@ -8,7 +8,6 @@ import math
 import platform
 import random
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -203,7 +202,8 @@ class _Run:
                    disable=None)  # None: a bar on a terminal, none in logs
         pending: dict[str, list[float]] = {}
         try:
-            self.method.on_task_start(ctx)
+            if self.p.task_env_frames == 0:  # not again when a run resumes mid-task (state_dict has it)
+                self.method.on_task_start(ctx)
             obs, reward, is_first, state = env.reset(), 0.0, True, None
             ep_return, ep_success, t0, frames0 = 0.0, 0.0, time.monotonic(), self.p.task_env_frames
             while self.p.task_env_frames < spec.frames:
@@ -260,10 +260,11 @@ class _Run:
 
     def finish_task(self, i: int) -> None:
         """End of task i: the R row (evaluation on all tasks), a video, the method's hook, a checkpoint."""
+        # The method finishes the task first (PackNet prunes and freezes here), then R[i] is measured.
+        end_metrics = self.method.on_task_end(self.ctxs[i]) or {}
         row = self.evaluate_all(video_for=i)
         self.p.R.append(row)
         self.p.boundaries.append(self.p.global_env_frames)
-        end_metrics = self.method.on_task_end(self.ctxs[i]) or {}
         self.rep.log_metrics({f"task_end/{k}": v for k, v in end_metrics.items()} |
                              {f"R/{j}-{n.name}": s for j, (n, s) in enumerate(zip(self.infos, row))},
                              self.p.global_env_frames, run=TASK)

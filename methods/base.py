@@ -50,7 +50,10 @@ class Step:
 
 
 class Method(Protocol):
-    def on_task_start(self, task: TaskContext) -> None: ...
+    def on_task_start(self, task: TaskContext) -> None:
+        """Called once when a task begins; not again when a run resumes in the middle of the task, so
+        whatever it sets up must be in ``state_dict()``."""
+        ...
 
     def act(self, obs: dict[str, np.ndarray], state: Any, task: TaskContext,
             explore: bool) -> tuple[np.ndarray, Any]:
@@ -102,35 +105,36 @@ def _coerce(value: str, target: Any, key: str) -> Any:
     raise HarnessError(f"override {key}: fields of type {target} cannot be set from the command line")
 
 
+def _apply_overrides(cfg: Any, overrides: dict[str, str], method: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    changes: dict[str, Any] = {}
+    nested: dict[str, dict[str, str]] = {}
+    for key, value in overrides.items():
+        head, dot, rest = key.partition(".")
+        if head not in names:
+            raise HarnessError(f"unknown config field {prefix + head!r} for method {method!r}; "
+                               f"valid: {', '.join(prefix + n for n in names) or '(none)'}")
+        if dot:
+            if not dataclasses.is_dataclass(getattr(cfg, head)):
+                raise HarnessError(f"config field {prefix + head!r} of method {method!r} has no sub-fields")
+            nested.setdefault(head, {})[rest] = value
+        elif dataclasses.is_dataclass(getattr(cfg, head)):
+            raise HarnessError(f"config field {prefix + head!r} is a group; set its fields as {prefix + head}.NAME=VALUE")
+        else:
+            changes[head] = _coerce(value, hints[head], prefix + key)
+    for head, sub in nested.items():
+        changes[head] = _apply_overrides(getattr(cfg, head), sub, method, f"{prefix}{head}.")
+    return dataclasses.replace(cfg, **changes)
+
+
 def resolve_config(spec: MethodSpec, method: str, preset: str | None,
                    overrides: dict[str, str] | None = None) -> Any:
-    """The method's config: defaults, then the preset, then ``KEY=VALUE`` overrides."""
+    """The method's config: defaults, then the preset, then ``KEY=VALUE`` overrides (``group.KEY`` for
+    nested configs, e.g. ``model.deter=256``)."""
     preset = preset or spec.default_preset
     if preset not in spec.presets and preset != "paper":
         raise HarnessError(f"unknown preset {preset!r} for method {method!r}; "
                            f"valid: {', '.join(sorted({'paper', *spec.presets}))}")
     cfg = spec.config_cls(**spec.presets.get(preset, {}))
-    for key, value in (overrides or {}).items():
-        cfg = _override(cfg, key, key, value, method)
-    return cfg
-
-
-def _override(cfg: Any, key: str, full_key: str, value: str, method: str) -> Any:
-    """Set one field; ``a.b`` reaches into a nested config dataclass (e.g. ``model.deter=256``)."""
-    head, dot, rest = key.partition(".")
-    hints = typing.get_type_hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]
-    if head not in hints or head not in names:
-        prefix = full_key[: len(full_key) - len(key)]
-        raise HarnessError(f"unknown config field {full_key!r} for method {method!r}; "
-                           f"valid: {', '.join(prefix + n for n in names) or '(none)'}")
-    current = getattr(cfg, head)
-    if dot:
-        if not dataclasses.is_dataclass(current):
-            raise HarnessError(f"override {full_key}: {head!r} has no sub-fields")
-        return dataclasses.replace(cfg, **{head: _override(current, rest, full_key, value, method)})
-    if dataclasses.is_dataclass(current):
-        first = dataclasses.fields(current)[0].name
-        raise HarnessError(f"override {full_key}: {head!r} is a group of settings; set one of them, "
-                           f"e.g. {full_key}.{first}=...")
-    return dataclasses.replace(cfg, **{head: _coerce(value, hints[head], full_key)})
+    return _apply_overrides(cfg, overrides, method) if overrides else cfg

@@ -95,10 +95,24 @@ def normalized_score(info: TaskInfo, episode_return: float, success: float) -> f
     return float(success) * 100.0 if info.score_kind == "success" else float(episode_return) / 10.0
 
 
+def prepare_simulators() -> None:
+    """Call before importing dm_control or metaworld (make_env and the task modules do).
+
+    - Headless rendering on the CPU (EGL) unless the user chose otherwise; set here, not at import.
+    - Load order of two LLVMs: CUDA builds of torch ship triton, which bundles its own LLVM. dm_control
+      initialises an EGL display when it is imported, which loads Mesa's llvmpipe (another LLVM); importing
+      triton after that (torch does it lazily, e.g. when the first optimizer is built) segfaults the
+      process. Loaded in the other order both work, so triton, when installed, is loaded first.
+    """
+    import importlib.util
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
 def make_env(name: str, config: EnvConfig | None = None, seed: int = 0) -> TaskEnv:
     """Build the env for a registered task. Imports the simulator only now."""
-    # Headless rendering on the CPU (EGL) unless the user chose otherwise; set here, not at import.
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    prepare_simulators()
     from tasks.catalog import TASKS
     from harness.registry import import_target
     info = TASKS.get(name)

@@ -6,12 +6,11 @@ ours (dm_control's own time limit is switched off), so ``episode_frames`` may be
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from harness.errors import HarnessError
-from tasks.base import EnvConfig, StepResult, TaskInfo
+from tasks.base import EnvConfig, StepResult, TaskInfo, prepare_simulators
 from tasks.render import apply_render_quality, close_at_exit, forget_at_exit
 from tasks.spaces import PaddedSpaces, make_obs_spec
 
@@ -26,7 +25,7 @@ def domain_and_task(info: TaskInfo) -> tuple[str, str]:
 
 def load_dm_env(info: TaskInfo, seed: int):
     """The bare dm_control Environment for a task, seeded, without a time limit."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    prepare_simulators()
     domain, task = domain_and_task(info)
     env_kwargs = {"flat_observation": False}
     if "urlb" in info.tags:

@@ -10,12 +10,11 @@
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from harness.errors import HarnessError
-from tasks.base import EnvConfig, StepResult, TaskInfo
+from tasks.base import EnvConfig, StepResult, TaskInfo, prepare_simulators
 from tasks.render import apply_render_quality, close_at_exit, forget_at_exit
 from tasks.spaces import PaddedSpaces, make_obs_spec
 
@@ -27,7 +26,7 @@ UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 
 def make_gym_env(name: str, seed: int, image_size: int, camera: str):
     """The plain gymnasium MT1 env (no checker), as the benchmark's raw baseline also builds it."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    prepare_simulators()
     import gymnasium
     import metaworld  # noqa: F401  (registers the Meta-World/* ids)
     return gymnasium.make("Meta-World/MT1", env_name=name, seed=seed, render_mode="rgb_array",

@@ -10,9 +10,13 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from dm_control.rl import control
-from dm_control.suite import cheetah, common, quadruped, walker
-from dm_control.utils import rewards
+
+from tasks.base import prepare_simulators
+
+prepare_simulators()  # before dm_control is imported: MUJOCO_GL and the LLVM load order (see tasks/base.py)
+from dm_control.rl import control  # noqa: E402
+from dm_control.suite import cheetah, common, quadruped, walker  # noqa: E402
+from dm_control.utils import rewards  # noqa: E402
 
 from harness.errors import HarnessError
 

@@ -1,5 +1,4 @@
 """`compare` on real runs in a real MLflow store (random method, tiny budgets)."""
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient

@@ -1,5 +1,3 @@
-import textwrap
-
 import pytest
 
 from harness.errors import HarnessError

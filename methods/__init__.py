@@ -10,3 +10,7 @@ METHODS: Registry[str] = Registry("method")
 
 METHODS.register("random", "methods.random_policy:SPEC",
                  description="Uniform random actions on the task's action mask (the score floor)")
+METHODS.register("drqv2", "methods.drqv2:SPEC",
+                 description="DrQ-v2: n-step clipped double-Q DDPG on augmented, frame-stacked pixels (or state)")
+METHODS.register("packnet", "methods.packnet:SPEC",
+                 description="PackNet (avalanche-lib modules) around DrQ-v2's encoder and actor; critic reset per task")

@@ -1,0 +1,43 @@
+"""Execution guidance (paper Section 3.3, Algorithm 1): when, and for which steps, the BC prior acts.
+
+At the start of each episode a coin with probability ``p(t)`` (a linear schedule over agent steps) decides
+whether the episode gets a BC window. If it does, the window's length is a fraction of the episode drawn
+from {0.1, 0.2, ..., 1.0} and its start is uniform in [0, T - L] (ncrl, anchors.md section 1). Inside the
+window π_bc's action replaces the RL policy's. During warm-up π_bc acts for whole episodes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GuidanceSchedule:
+    # Table 5: "linear(1,0,50000) for DMControl, linear(1,0,1,150000) for Meta-World" (the latter read as
+    # linear(1, 0, 150000)); ncrl's code decays 1 -> 0.1 over 100k agent steps instead. Units: agent steps.
+    prob_start: float = 1.0
+    prob_end: float = 0.0
+    duration_agent_steps: int = 50_000
+    window_fractions: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))  # ncrl: {0.1..1.0}
+
+    def prob(self, agent_steps: int) -> float:
+        """p(t): the chance that an episode starting at ``agent_steps`` gets a BC window."""
+        frac = min(max(agent_steps / max(self.duration_agent_steps, 1), 0.0), 1.0)
+        return self.prob_start + (self.prob_end - self.prob_start) * frac
+
+    def window(self, agent_steps: int, episode_steps: int, rng: np.random.Generator,
+               warmup: bool = False) -> tuple[int, int]:
+        """[start, end) in agent steps of the episode where π_bc acts; (0, 0) for none."""
+        if warmup:
+            return 0, episode_steps
+        if rng.random() >= self.prob(agent_steps):
+            return 0, 0
+        length = int(round(float(rng.choice(self.window_fractions)) * episode_steps))
+        start = int(rng.integers(0, episode_steps - length + 1))
+        return start, start + length
+
+
+def schedule_for(suite: str) -> GuidanceSchedule:
+    """Table 5's schedule for a task suite."""
+    return GuidanceSchedule(duration_agent_steps=150_000 if suite == "metaworld" else 50_000)

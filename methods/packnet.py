@@ -1,0 +1,173 @@
+"""PackNet (Mallya & Lazebnik 2018) as a continual-learning wrapper around a base learner's actor.
+
+The recipe is Continual World's (anchors.md section 3) and the paper's (Section 4.2):
+- every packed weight has an owner task; gradients are masked so that only the current task's weights
+  train; biases and norms are trained on task 0 and frozen afterwards;
+- at a task's end: prune the fraction left / (left + 1) of its free weights (smallest |w|; left = tasks
+  still to come), reset the optimizers, retrain the kept weights for a while, reset the optimizers again,
+  and freeze them; the pruned weights are handed to the next task;
+- evaluating task k shows only the weights of tasks <= k;
+- the critic is re-initialised at each new task (rewards differ between tasks).
+
+The masking and pruning machinery is avalanche-lib's (``avalanche.models.packnet``): each Linear and Conv
+layer of the packed network is wrapped in its PackNet module. LayerNorm (the actor trunk's, and the conv
+encoder's channel norms) is not supported by those modules; as in Continual World these norms stay outside
+the packed layers and are frozen after task 0.
+
+Base learner: DrQ-v2 (the default and, for now, the only one). The paper prunes "actor parameters" and
+re-initialises "the critic", so its PackNet wraps an actor-critic learner; DrQ-v2 is the paper's model-free
+pixel actor-critic baseline, so it is the most plausible base. Its conv encoder feeds the actor, so it is
+packed too (otherwise updating it for a new task would change earlier tasks' actions).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+from methods.base import MethodContext, MethodSpec, Step, TaskContext
+from methods.drqv2 import PRESETS as DRQ_PRESETS
+from methods.drqv2 import Critic, DrQV2, DrQV2Config, adam
+
+BASES = ("drqv2",)
+
+
+@dataclass(frozen=True)
+class PackNetConfig:
+    base: str = "drqv2"                    # the wrapped learner (see the module docstring for why DrQ-v2)
+    base_config: DrQV2Config = field(default_factory=DrQV2Config)  # DrQ-v2's own defaults
+    retrain_fraction: float = 0.1          # CW: 100k retrain steps after 1M-step tasks = 10% of the task's updates
+    reinit_critic: bool = True             # paper Sec. 4.2 / CW: a fresh critic for each task
+
+
+PRESETS: dict[str, dict[str, Any]] = {name: {"base_config": DrQV2Config(**over)} for name, over in DRQ_PRESETS.items()}
+
+
+def _packnet_modules(root: nn.Module) -> list[Any]:
+    from avalanche.models.packnet import PackNetModule
+    return [m for m in root.modules() if isinstance(m, PackNetModule)]
+
+
+def _wrap_layers(seq: nn.Sequential) -> None:
+    """Replace each Linear/Conv2d of ``seq`` by avalanche's PackNet module around it (in place)."""
+    from avalanche.models.packnet import PackNetModel
+    for i, m in enumerate(seq):
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if m.bias is None:
+                # avalanche 0.6.0 freezes `wrappee.bias` unconditionally at freeze_pruned() and fails on a
+                # bias-less layer (the shared ConvEncoder's convs); a zero, frozen bias is numerically the same.
+                m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], device=m.weight.device), requires_grad=False)
+            seq[i] = PackNetModel.wrap(m)
+
+
+class PackNet:
+    def __init__(self, cfg: PackNetConfig, ctx: MethodContext):
+        if cfg.base not in BASES:
+            raise HarnessError(f"packnet: unknown base learner {cfg.base!r}; valid: {', '.join(BASES)}")
+        if len(ctx.task_names) > 254:
+            raise HarnessError(f"packnet supports at most 254 tasks (avalanche's limit), the stream has "
+                               f"{len(ctx.task_names)}")
+        self.cfg, self.ctx = cfg, ctx
+        self.base = DrQV2(cfg.base_config, ctx)
+        b = self.base
+        if b.encoder.conv is not None:
+            _wrap_layers(b.encoder.conv.net)
+        _wrap_layers(b.actor.trunk)
+        _wrap_layers(b.actor.policy)
+        self.packed = _packnet_modules(b.encoder) + _packnet_modules(b.actor)
+        self.shared = [p for m in (b.encoder, b.actor) for name, p in m.named_parameters()
+                       if not name.endswith("wrappee.weight")]  # biases and norms: trained on task 0 only
+        self.task_updates = 0
+        self.current = 0
+        self._reset_optimizers()
+
+    # ------------------------------------------------------------------ PackNet state
+    def _activate(self, task_index: int) -> None:
+        for m in self.packed:
+            m.activate_task(min(task_index, m.task_count))
+
+    def _reset_optimizers(self) -> None:
+        """Fresh Adam states: momentum from earlier steps must not move frozen weights (avalanche's caution)."""
+        b, lr = self.base, self.cfg.base_config.lr
+        b.encoder_opt = adam(b.encoder.parameters(), lr)
+        b.actor_opt = adam(b.actor.parameters(), lr)
+        b.critic_opt = torch.optim.Adam(b.critic.parameters(), lr=lr)
+
+    def on_task_start(self, task: TaskContext) -> None:
+        self.current = task.index
+        self.task_updates = 0
+        if task.index > 0:
+            for p in self.shared:
+                p.requires_grad_(False)  # CW: biases and norms are frozen after task 0
+            if self.cfg.reinit_critic:
+                b = self.base
+                b.critic = Critic(b.encoder.out_dim, self.ctx.action_dim, self.cfg.base_config.feature_dim,
+                                  self.cfg.base_config.hidden_dim).to(b.device)
+                b.critic_target = copy.deepcopy(b.critic).requires_grad_(False)
+        self._activate(task.index)
+        self._reset_optimizers()
+        self.base.on_task_start(task)
+
+    def act(self, obs: dict[str, np.ndarray], state: Any, task: TaskContext,
+            explore: bool) -> tuple[np.ndarray, Any]:
+        self._activate(task.index)  # evaluation of task k sees only the weights of tasks <= k
+        try:
+            return self.base.act(obs, state, task, explore)
+        finally:
+            self._activate(self.current)
+
+    def observe(self, step: Step) -> None:
+        self.base.observe(step)
+
+    def update(self, env_frames: int) -> dict[str, float]:
+        out = self.base.update(env_frames)
+        if out:
+            self.task_updates += 1
+        return out
+
+    def on_task_end(self, task: TaskContext) -> dict[str, float]:
+        left = len(self.ctx.task_names) - task.index - 1
+        fraction = left / (left + 1)
+        self._activate(task.index)
+        for m in self.packed:
+            m.prune(fraction)
+        self._reset_optimizers()
+        retrain = int(round(self.cfg.retrain_fraction * self.task_updates))
+        if len(self.base.replay) >= (self.cfg.base_config.frame_stack + self.cfg.base_config.nstep) * 4:
+            for _ in range(retrain):
+                self.base._update()
+        else:
+            retrain = 0
+        for m in self.packed:
+            m.freeze_pruned()
+        self._reset_optimizers()
+        kept = sum(int((m.task_index == task.index).sum()) for m in self.packed)
+        total = sum(m.task_index.numel() for m in self.packed)
+        return {"packnet/pruned_fraction": fraction, "packnet/retrain_updates": float(retrain),
+                "packnet/weights_owned_by_task": kept / total}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base.state_dict(), "task_updates": self.task_updates, "current": self.current,
+                "shared_frozen": not self.shared[0].requires_grad if self.shared else False}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["shared_frozen"]:
+            for p in self.shared:
+                p.requires_grad_(False)
+        self._reset_optimizers()  # the optimizers' parameter lists must match the saved states
+        self.base.load_state_dict(state["base"])
+        self.task_updates = int(state["task_updates"])
+        self.current = int(state["current"])
+
+
+def _build(cfg: PackNetConfig, ctx: MethodContext) -> PackNet:
+    return PackNet(cfg, ctx)
+
+
+SPEC = MethodSpec(PackNetConfig, _build, presets=PRESETS)

@@ -208,5 +208,198 @@ def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: st
     click.echo(f"logged as MLflow run {comp.run_id}; look with: {ui_command()}")
 
 
+# ------------------------------------------------------------------------------------ offline data and GSA pre-training
+# (issue 4) collect, datasets show, pretrain, build-index, retrieve. Library code: harness/offline.py,
+# harness/collect.py, methods/gsa/pretrain.py, methods/gsa/retrieval.py.
+
+def _csv(value: str | None, kind: type, what: str) -> tuple:
+    if not value:
+        return ()
+    try:
+        return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise HarnessError(f"{what}: expected a comma-separated list of {kind.__name__}, got {value!r}") from None
+
+
+@main.command("collect")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--tasks", "tasks_", required=True, help="Comma-separated task names (see `tasks list`).")
+@click.option("--episodes", default=10, show_default=True, type=int, help="Episodes per (task, policy, noise).")
+@click.option("--policies", default=None, help="expert, random, ou, disagreement (default: expert for Meta-World, "
+                                               "random,ou for DMC).")
+@click.option("--noise", default=None, help="Noise sigmas for expert/ou (default expert: 0.1,0.3,0.5,1.0,2.0 "
+                                            "as in the paper; ou: 0.3,0.6,1.0).")
+@click.option("--obs", "obs_type", type=click.Choice(["pixels", "proprio", "both"]), default="pixels", show_default=True)
+@click.option("--render-quality", type=click.Choice(["paper", "fast"]), default="paper", show_default=True)
+@click.option("--action-repeat", type=int, default=2, show_default=True, help="Table 5: 2.")
+@click.option("--episode-frames", type=int, default=None, help="Env frames per episode (default: the task's).")
+@click.option("--action-pad-dim", type=int, default=None, help="Pad actions to this dim (default: the largest "
+                                                              "action dim of the tasks; ncrl's model uses 21).")
+@click.option("--proprio-pad-dim", type=int, default=None, help="Pad state vectors to this dim.")
+@click.option("--shard-steps", type=int, default=20_000, show_default=True, help="Stored steps per shard.")
+@click.option("--compression", type=click.Choice(["zlib", "none"]), default="zlib", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--append", is_flag=True, help="Add episodes to an existing dataset (same schema).")
+@click.option("--explorer-preset", type=click.Choice(["tiny", "debug"]), default="tiny", show_default=True,
+              help="Size of the disagreement explorer's networks.")
+def collect_cmd(out: str, tasks_: str, episodes: int, policies: str | None, noise: str | None, obs_type: str,
+                render_quality: str, action_repeat: int, episode_frames: int | None, action_pad_dim: int | None,
+                proprio_pad_dim: int | None, shard_steps: int, compression: str, seed: int, append: bool,
+                explorer_preset: str) -> None:
+    """Collect reward-free offline data into dataset directory OUT (shards + manifest); describe it in MLflow."""
+    from harness.collect import CollectConfig, collect, plan
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering on the CPU
+    cfg = CollectConfig(tasks=_csv(tasks_, str, "--tasks"), episodes=episodes, policies=_csv(policies, str, "--policies"),
+                        noise=_csv(noise, float, "--noise"), obs_type=obs_type, render_quality=render_quality,
+                        action_repeat=action_repeat, episode_frames=episode_frames, action_pad_dim=action_pad_dim,
+                        proprio_pad_dim=proprio_pad_dim, shard_steps=shard_steps, compression=compression, seed=seed,
+                        append=append, explorer_preset=explorer_preset).validate()
+    settings = plan(cfg)
+    click.echo(f"{len(settings)} settings x {episodes} episodes: " +
+               ", ".join(f"{s.task}/{s.label}" for s in settings[:12]) + (" ..." if len(settings) > 12 else ""))
+    collect(out, cfg, echo=click.echo)
+
+
+@main.group()
+def datasets() -> None:
+    """Inspect offline datasets."""
+
+
+@datasets.command("show")
+@click.argument("path", type=click.Path())
+@click.option("--verify", is_flag=True, help="Read every episode in full and count the damaged ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def datasets_show(path: str, verify: bool, as_json: bool) -> None:
+    """Summarise the dataset at PATH (ours or the ncrl layout): episodes, embodiments, policies, size."""
+    import json
+    import warnings
+    from harness.offline import open_dataset
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = open_dataset(path)
+        if verify:
+            from tqdm import tqdm
+            with tqdm(total=ds.num_episodes, unit="episode", desc="verify", disable=None) as bar:
+                ds.verify(bar.update)
+        summary = ds.summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    for w in caught[:5]:
+        click.secho(f"warning: {w.message}", fg="yellow", err=True)
+    click.echo(f"{summary['path']}  ({summary['format']})")
+    obs = ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in summary["obs"].items())
+    click.echo(f"  {summary['episodes']:,} episodes, {summary['stored_steps']:,} stored steps; "
+               f"observations {obs}; actions padded to {summary['action_pad_dim']}")
+    click.echo(f"  {summary['bytes_on_disk'] / 1e6:,.1f} MB on disk, {summary['bytes_per_million_steps'] / 1e9:.2f} GB "
+               f"per million steps ({', '.join(summary['compressed_columns'])})")
+    click.echo(f"  damaged parts skipped: {summary['damaged']}" +
+               "".join(f"\n    {d}" for d in summary["damaged_examples"]))
+    _table([(e, str(v["action_dim"]), f"{v['episodes']:,}", f"{v['stored_steps']:,}",
+             ", ".join(f"{t} ({n})" for t, n in list(v["tasks"].items())[:4]) + (" ..." if len(v["tasks"]) > 4 else ""))
+            for e, v in summary["embodiments"].items()], ("embodiment", "action dim", "episodes", "steps", "tasks"))
+    _table([(p, f"{n:,}") for p, n in summary["policies"].items()], ("source policy", "episodes"))
+
+
+@main.command("pretrain")
+@click.option("--data", default=None, type=click.Path(), help="Dataset directory (ours or the ncrl layout).")
+@click.option("--preset", default="paper", show_default=True, help="debug, tiny, small, paper.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. model.deter=128 or balance=embodiment.")
+@click.option("--steps", type=int, default=None, help="Gradient updates (Table 5: 200,000).")
+@click.option("--obs", "obs_type", type=click.Choice(["pixels", "proprio", "both"]), default=None,
+              help="Observations to train on (default: pixels if stored, else proprio).")
+@click.option("--action-pad-dim", type=int, default=None, help="ncrl data only: pad actions to this dim (ncrl: 21).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory (default runs/<run id>).")
+@click.option("--runs-dir", default="runs", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
+@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
+@click.option("--resume", default=None, metavar="DIR|RUN_ID", help="Continue a pre-training run.")
+@click.option("--build-index", "then_index", is_flag=True, help="Build the retrieval index when training ends.")
+def pretrain_cmd(data: str | None, preset: str, overrides: tuple[str, ...], steps: int | None, obs_type: str | None,
+                 action_pad_dim: int | None, out: str | None, runs_dir: str, seed: int, device: str, threads: int,
+                 resume: str | None, then_index: bool) -> None:
+    """Task-agnostic world-model pre-training (reconstruction + KL, Eq. 1) on offline data; logs to MLflow."""
+    from methods.gsa.pretrain import make_config, pretrain, resume_pretrain
+    if resume:
+        if data or overrides or out:
+            raise HarnessError("--resume continues a run with its own data and config; "
+                               "give only --steps (to extend it) or --threads")
+        res = resume_pretrain(resume, grad_updates=steps, threads=threads or None, echo=click.echo)
+    else:
+        if not data:
+            raise HarnessError("give --data DIR (a dataset written by `cli.py collect`, or the ncrl layout)")
+        over = dict(_parse_overrides(overrides))
+        if steps is not None:
+            over["grad_updates"] = str(steps)
+        cfg = make_config(preset, over)
+        obs_keys = None if obs_type is None else (["pixels", "proprio"] if obs_type == "both" else [obs_type])
+        res = pretrain(data, cfg, preset=preset, out=out, runs_dir=runs_dir, obs_keys=obs_keys,
+                       action_pad_dim=action_pad_dim, seed=seed, device=device, threads=threads, echo=click.echo)
+    if then_index:
+        from methods.gsa.retrieval import build_index
+        build_index(res.out, echo=click.echo)
+    from harness.reporting import ui_command
+    click.echo(f"look at the run with: {ui_command()}")
+
+
+@main.command("build-index")
+@click.argument("pretrain_dir", type=click.Path(file_okay=False))
+@click.option("--data", default=None, type=click.Path(), help="Dataset to index (default: the pre-training data).")
+@click.option("--index-type", type=click.Choice(["flat", "fp16"]), default="flat", show_default=True,
+              help="flat: faiss IndexFlatL2 (exact, ncrl); fp16: half the memory and scan time.")
+@click.option("--batch", type=int, default=256, show_default=True, help="First frames encoded per forward pass.")
+@click.option("--device", default="cpu", show_default=True)
+def build_index_cmd(pretrain_dir: str, data: str | None, index_type: str, batch: int, device: str) -> None:
+    """Embed every trajectory's first frame with the pre-trained encoder into a faiss index in PRETRAIN_DIR/index."""
+    from methods.gsa.retrieval import build_index
+    if batch < 1:
+        raise HarnessError(f"--batch must be >= 1, got {batch}")
+    build_index(pretrain_dir, data, index_type=index_type, batch=batch, device=device, echo=click.echo)
+
+
+@main.command("retrieve")
+@click.argument("pretrain_dir", type=click.Path(file_okay=False))
+@click.option("--task", "task_name", required=True, help="Reset this task's env and query with its first observation.")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Trajectories to return (GSA uses 500).")
+@click.option("--filter", "filter_by", type=click.Choice(["embodiment", "action-mask", "none"]), default="embodiment",
+              show_default=True, help="embodiment: same embodiment (metadata); action-mask: same action dim (ncrl).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--render-quality", type=click.Choice(["paper", "fast"]), default="paper", show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="faiss threads (0: faiss's default).")
+def retrieve_cmd(pretrain_dir: str, task_name: str, k: int, filter_by: str, seed: int, render_quality: str,
+                 threads: int) -> None:
+    """Query the retrieval index with a live env's reset frame (Eq. 4): the K nearest offline trajectories."""
+    import time
+    from methods.gsa.retrieval import RetrievalConfig, Retriever
+    from tasks.base import EnvConfig, make_env
+    from tasks.catalog import TASKS
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if k < 1:
+        raise HarnessError(f"-k must be >= 1, got {k}")
+    info = TASKS.get(task_name)
+    ret = Retriever(pretrain_dir, cfg=RetrievalConfig(threads=threads))
+    keys = list(ret.wm.obs_shapes)
+    obs_type = "both" if len(keys) == 2 else keys[0]
+    proprio = ret.wm.obs_shapes.get("proprio", (None,))[0]
+    env = make_env(task_name, EnvConfig(obs_type=obs_type, render_quality=render_quality,
+                                        action_pad_dim=ret.wm.action_dim, proprio_pad_dim=proprio), seed=seed)
+    try:
+        obs = env.reset()
+        mask = env.action_mask
+    finally:
+        env.close()
+    t0 = time.perf_counter()
+    hits = ret.query(obs, k, embodiment=info.embodiment if filter_by == "embodiment" else None,
+                     action_mask=mask if filter_by == "action-mask" else None)[0]
+    ms = 1e3 * (time.perf_counter() - t0)
+    click.echo(f"{len(hits.uids)} nearest of {len(ret.index):,} trajectories to {task_name}'s reset frame "
+               f"(filter: {filter_by}; {ms:.1f} ms including encoding)")
+    _table([(str(i), u, e, t, f"{d:.3f}") for i, (u, e, t, d) in
+            enumerate(zip(hits.uids, hits.embodiments, hits.tasks, hits.distances))],
+           ("#", "trajectory", "embodiment", "task", "distance"))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,382 @@
+"""Collecting reward-free, mixed-quality, multi-embodiment offline data (GSA Section 4 "Dataset").
+
+Source policies (the data's quality mix; recorded per episode as metadata, never as reward):
+
+- ``expert`` (Meta-World): the scripted experts of ``metaworld.policies``, with Gaussian action noise of
+  std sigma added at every step and the result clipped to [-1, 1]. The paper injects sigma in
+  {0.1, 0.3, 0.5, 1.0, 2.0} into its (TD-MPC2) expert agents; the scripted experts stand in for those.
+- ``random`` (any suite): uniform actions in [-1, 1] on the embodiment's action dims.
+- ``ou`` (any suite): temporally correlated noise, a discretised Ornstein-Uhlenbeck process
+  ``x <- x - theta * x + sigma * sqrt(2 theta - theta^2) * eps`` whose stationary std is sigma, clipped to
+  [-1, 1]: smooth, exploratory motions that reach farther than white noise.
+- ``disagreement`` (any suite): an intrinsic-motivation explorer (``methods.gsa.explorer``): a backbone
+  world model learns online and an actor-critic maximises the disagreement of an ensemble of predictors,
+  in the spirit of the unsupervised RL agents the paper's DMC data came from. It keeps learning across the
+  episodes of its setting. Costly on a CPU (one update per 8 agent steps with the tiny backbone).
+
+Episodes are stored in the replay's convention (``harness.offline``): the observation at every agent
+step, the padded action taken there (zeros on the last step), ``is_first``/``is_last``/``is_terminal``.
+The run is described in MLflow (experiment ``datasets``): the config, per-setting returns and success
+rates (diagnostics only: they are not stored in the dataset), the dataset summary and a sheet of first
+frames.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.offline import COMPRESSIONS, MANIFEST_FILE, DatasetWriter, _read_manifest, image_grid, open_dataset
+
+POLICIES = ("expert", "random", "ou", "disagreement")
+PAPER_NOISE = (0.1, 0.3, 0.5, 1.0, 2.0)   # GSA Sec. 4: Gaussian noise injected into the expert agents
+OU_NOISE = (0.3, 0.6, 1.0)                 # ours: stationary std of the OU actions (no paper value)
+METAWORLD_STATE_DIM = 39                   # the scripted experts read Meta-World's 39-d state
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    tasks: tuple[str, ...]                 # registered task names (`cli.py tasks list`)
+    episodes: int = 10                     # episodes per (task, policy, noise) setting
+    policies: tuple[str, ...] = ()         # () = per suite: Meta-World expert; DMC random and ou
+    noise: tuple[float, ...] = ()          # () = per policy: expert PAPER_NOISE, ou OU_NOISE; random has none
+    ou_theta: float = 0.15                 # OU mean reversion per agent step (the classic DDPG value)
+    explorer_preset: str = "tiny"          # disagreement explorer size: tiny (CPU) or debug (tests)
+    obs_type: str = "pixels"               # stored observations: pixels (the paper), proprio or both
+    render_quality: str = "paper"          # paper | fast (tasks/render.py)
+    action_repeat: int = 2                 # Table 5: action repeat 2 (data at the agent's step rate)
+    episode_frames: int | None = None      # None: the task default (DMC 1000, Meta-World 200 as in ncrl)
+    action_pad_dim: int | None = None      # None: the largest action dim of the tasks (or the dataset's, appending)
+    proprio_pad_dim: int | None = None     # None: the largest state dim of the tasks (or the dataset's)
+    seed: int = 0
+    shard_steps: int = 20_000              # stored steps per shard (~80 MB of zlib pixels)
+    compression: str = "zlib"              # pixel columns: zlib chunks (2-7x smaller) or none
+    chunk_steps: int = 16                  # rows per compressed chunk (a 64-step window decodes ~79 rows)
+    append: bool = False                   # add to an existing dataset (same schema)
+
+    def validate(self) -> "CollectConfig":
+        from tasks.catalog import TASKS
+        from tasks.base import OBS_TYPES, RENDER_QUALITIES
+        if not self.tasks:
+            raise HarnessError("give at least one task (--tasks a,b,c; see `cli.py tasks list`)")
+        for t in self.tasks:
+            TASKS.get(t)  # unknown names: a clear error with suggestions
+        if self.episodes < 1:
+            raise HarnessError(f"--episodes must be >= 1, got {self.episodes}")
+        bad = [p for p in self.policies if p not in POLICIES]
+        if bad:
+            raise HarnessError(f"unknown policy {bad[0]!r}; valid: {', '.join(POLICIES)}")
+        if any(not (s >= 0 and math.isfinite(s)) for s in self.noise):
+            raise HarnessError(f"noise levels must be finite and >= 0, got {list(self.noise)}")
+        if self.obs_type not in OBS_TYPES:
+            raise HarnessError(f"unknown obs type {self.obs_type!r}; valid: {', '.join(OBS_TYPES)}")
+        if self.render_quality not in RENDER_QUALITIES:
+            raise HarnessError(f"unknown render quality {self.render_quality!r}; valid: {', '.join(RENDER_QUALITIES)}")
+        if self.compression not in COMPRESSIONS:
+            raise HarnessError(f"unknown compression {self.compression!r}; valid: {', '.join(COMPRESSIONS)}")
+        if not 0 < self.ou_theta <= 1:
+            raise HarnessError(f"ou_theta must be in (0, 1], got {self.ou_theta}")
+        if self.explorer_preset not in ("tiny", "debug"):
+            raise HarnessError(f"unknown explorer preset {self.explorer_preset!r}; valid: tiny, debug")
+        return self
+
+
+@dataclass(frozen=True)
+class Setting:
+    task: str
+    policy: str
+    noise: float | None
+
+    @property
+    def label(self) -> str:
+        return self.policy if self.noise is None else f"{self.policy}-{self.noise:g}"
+
+
+def plan(cfg: CollectConfig) -> list[Setting]:
+    """Every (task, policy, noise) setting the config asks for, in order."""
+    from tasks.catalog import TASKS
+    out = []
+    for name in cfg.tasks:
+        suite = TASKS.get(name).suite
+        policies = cfg.policies or (("expert",) if suite == "metaworld" else ("random", "ou"))
+        for p in policies:
+            if p == "expert" and suite != "metaworld":
+                raise HarnessError(f"policy 'expert' exists for Meta-World tasks only (metaworld.policies); "
+                                   f"{name} is a {suite} task: use random or ou")
+            if p in ("random", "disagreement"):
+                out.append(Setting(name, p, None))
+                continue
+            for s in cfg.noise or (PAPER_NOISE if p == "expert" else OU_NOISE):
+                out.append(Setting(name, p, float(s)))
+    return out
+
+
+# ============================================================================ policies
+
+class RandomPolicy:
+    def __init__(self, action_dim: int, rng: np.random.Generator):
+        self.dim, self.rng = action_dim, rng
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.rng.uniform(-1.0, 1.0, self.dim).astype(np.float32)
+
+
+class OUPolicy:
+    """Ornstein-Uhlenbeck actions with stationary std ``sigma``; each episode starts from the stationary law."""
+
+    def __init__(self, action_dim: int, sigma: float, theta: float, rng: np.random.Generator):
+        self.dim, self.sigma, self.theta, self.rng = action_dim, sigma, theta, rng
+        self.scale = sigma * math.sqrt(2 * theta - theta * theta)
+        self.x = np.zeros(action_dim)
+
+    def reset(self) -> None:
+        self.x = self.rng.normal(0.0, self.sigma, self.dim)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        a = np.clip(self.x, -1.0, 1.0).astype(np.float32)
+        self.x = self.x - self.theta * self.x + self.scale * self.rng.standard_normal(self.dim)
+        return a
+
+
+class ExpertPolicy:
+    """A Meta-World scripted expert plus Gaussian noise N(0, sigma^2), clipped to [-1, 1]."""
+
+    def __init__(self, task: str, sigma: float, rng: np.random.Generator):
+        from metaworld.policies import ENV_POLICY_MAP
+        if task not in ENV_POLICY_MAP:
+            raise HarnessError(f"metaworld.policies has no expert for {task!r}")
+        self.policy, self.sigma, self.rng = ENV_POLICY_MAP[task](), sigma, rng
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        state = np.asarray(obs["proprio"][:METAWORLD_STATE_DIM], np.float64)
+        with warnings.catch_warnings():   # the experts warn that their gains exceed [-1, 1]; we clip
+            warnings.simplefilter("ignore", UserWarning)
+            a = np.asarray(self.policy.get_action(state), np.float64)
+        if self.sigma > 0:
+            a = a + self.rng.normal(0.0, self.sigma, a.shape)
+        return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+
+def make_policy(setting: Setting, cfg: CollectConfig, action_dim: int, action_pad: int, proprio_pad: int,
+                rng: np.random.Generator) -> Any:
+    """``action_dim``: the embodiment's native action dim; policies return native actions."""
+    if setting.policy == "expert":
+        return ExpertPolicy(setting.task, float(setting.noise or 0.0), rng)
+    if setting.policy == "ou":
+        return OUPolicy(action_dim, float(setting.noise or 0.0), cfg.ou_theta, rng)
+    if setting.policy == "disagreement":
+        from methods.gsa.explorer import DEBUG, DisagreementExplorer, ExplorerConfig
+        return DisagreementExplorer(DEBUG if cfg.explorer_preset == "debug" else ExplorerConfig(), proprio_pad,
+                                    action_pad, action_dim, rng)
+    return RandomPolicy(action_dim, rng)
+
+
+# ============================================================================ collection
+
+@dataclass
+class CollectResult:
+    path: Path
+    run_id: str | None
+    episodes: int
+    stored_steps: int
+    env_frames: int
+    summary: dict[str, Any]
+    settings: list[dict[str, Any]]
+
+
+def _pads(cfg: CollectConfig, out: Path) -> tuple[int, int]:
+    from tasks.catalog import TASKS
+    infos = [TASKS.get(t) for t in cfg.tasks]
+    need_a = max(i.action_dim for i in infos)
+    need_p = max(i.proprio_dim for i in infos)
+    a, p = cfg.action_pad_dim, cfg.proprio_pad_dim
+    if cfg.append and (out / MANIFEST_FILE).exists():
+        m = _read_manifest(out)
+        a = a or int(m["action_pad_dim"])
+        if p is None and "proprio" in m["schema"]:
+            p = int(m["schema"]["proprio"]["shape"][0])
+    a, p = a or need_a, p or need_p
+    if a < need_a:
+        raise HarnessError(f"action pad dim {a} is smaller than the largest action dim of the tasks ({need_a}); "
+                           f"use --action-pad-dim {need_a} or more (ncrl uses 21)")
+    if p < need_p and cfg.obs_type != "pixels":
+        raise HarnessError(f"proprio pad dim {p} is smaller than the largest state dim of the tasks ({need_p})")
+    return a, max(p, need_p)
+
+
+def _run_episode(env: Any, policy: Any, pad: int, stored: tuple[str, ...]) -> tuple[dict[str, np.ndarray], float, float, int]:
+    """One episode: (arrays in the stored convention, return, success, env frames)."""
+    obs = env.reset()
+    policy.reset()
+    rows: dict[str, list[np.ndarray]] = {k: [obs[k]] for k in stored}
+    actions, ret, success, frames, terminated = [], 0.0, 0.0, 0, False
+    while True:
+        native = policy.act(obs)
+        action = np.zeros(pad, np.float32)
+        action[:len(native)] = native
+        res = env.step(action)
+        if hasattr(policy, "observe"):   # a learning explorer
+            policy.observe(action, res.obs, res.terminated or res.truncated, res.terminated)
+        actions.append(action)
+        ret += res.reward
+        success = max(success, float(res.info.get("success", 0.0)))
+        frames += res.env_frames
+        obs = res.obs
+        for k in stored:
+            rows[k].append(obs[k])
+        if res.terminated or res.truncated:
+            terminated = res.terminated
+            break
+    t = len(actions) + 1
+    actions.append(np.zeros(pad, np.float32))
+    ep = {k: np.stack(v) for k, v in rows.items()}
+    ep["action"] = np.stack(actions)
+    ep["is_first"] = np.zeros(t, bool)
+    ep["is_last"] = np.zeros(t, bool)
+    ep["is_terminal"] = np.zeros(t, bool)
+    ep["is_first"][0] = ep["is_last"][-1] = True
+    ep["is_terminal"][-1] = terminated
+    return ep, ret, success, frames
+
+
+def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] = print,
+            reporter: Any | None = None, log_mlflow: bool = True) -> CollectResult:
+    """Collect the episodes ``cfg`` asks for into the dataset at ``out`` and describe it in MLflow."""
+    from tqdm import tqdm
+    from tasks.base import EnvConfig, make_env
+    from tasks.catalog import TASKS
+
+    cfg = cfg.validate()
+    out = Path(out)
+    settings = plan(cfg)
+    action_pad, proprio_pad = _pads(cfg, out)
+    stored = ("pixels",) if cfg.obs_type == "pixels" else ("proprio",) if cfg.obs_type == "proprio" else ("pixels", "proprio")
+    obs_spec: dict[str, tuple[tuple[int, ...], Any]] = {}
+    if "pixels" in stored:
+        obs_spec["pixels"] = ((3, 64, 64), np.uint8)
+    if "proprio" in stored:
+        obs_spec["proprio"] = ((proprio_pad,), np.float32)
+    created = not (out / MANIFEST_FILE).exists()
+    writer = DatasetWriter(out, obs_spec, action_pad, shard_steps=cfg.shard_steps, compression=cfg.compression,
+                           chunk_steps=cfg.chunk_steps, append=cfg.append,
+                           description=f"collected by cli.py collect: {', '.join(cfg.tasks)}")
+    existing = int(writer.manifest.get("episodes", 0))
+
+    rep, run_id = None, None
+    if log_mlflow:
+        from harness.reporting import MlflowReporter, flatten
+        rep = reporter or MlflowReporter()
+        params = flatten({"collect": dataclasses.asdict(cfg) | {"action_pad_dim": action_pad,
+                                                                 "proprio_pad_dim": proprio_pad}})
+        run_id = rep.start("datasets", out.resolve().name,
+                           {"kind": "collect", "dataset_path": str(out.resolve()), "append": str(cfg.append)}, params)
+        echo(f"MLflow run {run_id} (experiment 'datasets'); writing {out}")
+
+    total = len(settings) * cfg.episodes
+    bar = tqdm(total=total, unit="episode", desc="collect", dynamic_ncols=True, disable=None)
+    per_setting: list[dict[str, Any]] = []
+    first_frames: list[np.ndarray] = []
+    env_frames, episodes_done, t0 = 0, 0, time.monotonic()
+    status = "FAILED"
+    try:
+        with writer:
+            for si, s in enumerate(settings):
+                info = TASKS.get(s.task)
+                env_obs = cfg.obs_type
+                if s.policy in ("expert", "disagreement") and env_obs == "pixels":
+                    env_obs = "both"   # these policies read the state; only pixels are stored
+                seq = np.random.SeedSequence([cfg.seed, existing, si])
+                env_seed, pol_seed = (int(x) for x in seq.generate_state(2))
+                env = make_env(s.task, EnvConfig(obs_type=env_obs, render_quality=cfg.render_quality,
+                                                 action_repeat=cfg.action_repeat, episode_frames=cfg.episode_frames,
+                                                 action_pad_dim=action_pad, proprio_pad_dim=proprio_pad), seed=env_seed)
+                policy = make_policy(s, cfg, info.action_dim, action_pad, proprio_pad, np.random.default_rng(pol_seed))
+                returns, successes = [], []
+                try:
+                    for _ in range(cfg.episodes):
+                        ep, ret, success, frames = _run_episode(env, policy, action_pad, stored)
+                        writer.add_episode(ep, embodiment=info.embodiment, task=s.task, policy=s.policy,
+                                           noise=s.noise, action_dim=info.action_dim, seed=env_seed)
+                        if "pixels" in ep and len(first_frames) < 64 and len(returns) == 0:
+                            first_frames.append(ep["pixels"][0])
+                        returns.append(ret)
+                        successes.append(success)
+                        env_frames += frames
+                        episodes_done += 1
+                        bar.update(1)
+                        bar.set_postfix(task=s.task, policy=s.label,
+                                        fps=f"{env_frames / max(time.monotonic() - t0, 1e-6):.0f}")
+                finally:
+                    env.close()
+                row = {"task": s.task, "embodiment": info.embodiment, "policy": s.policy, "noise": s.noise,
+                       "episodes": len(returns), "mean_return": float(np.mean(returns))}
+                if info.score_kind == "success":
+                    row["success_rate"] = float(np.mean(successes))
+                if getattr(policy, "metrics", None):
+                    row |= {f"explorer_{k}": v for k, v in policy.metrics.items()} | {"explorer_updates": policy.updates}
+                per_setting.append(row)
+                bar.write(f"  [{si + 1}/{len(settings)}] {s.task} {s.label}: {len(returns)} episodes, mean return "
+                          f"{row['mean_return']:.1f}" + (f", success {row['success_rate']:.2f}" if "success_rate" in row else ""))
+                if rep is not None:
+                    key = f"collect/{s.task}/{s.label}"
+                    rep.log_metrics({f"{key}/mean_return": row["mean_return"],
+                                     **({f"{key}/success_rate": row["success_rate"]} if "success_rate" in row else {}),
+                                     **{f"{key}/{k}": v for k, v in row.items() if k.startswith("explorer_")},
+                                     "collect/episodes": episodes_done, "collect/env_frames": env_frames,
+                                     "collect/env_fps": env_frames / max(time.monotonic() - t0, 1e-6)},
+                                    step=episodes_done)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        if status != "FINISHED":
+            echo(f"collection stopped: {writer.episodes_written} complete episodes were committed to {out}")
+            if created and writer.episodes_written == 0:
+                import shutil
+                shutil.rmtree(out, ignore_errors=True)   # nothing collected: leave no empty dataset behind
+        summary: dict[str, Any] = {}
+        try:
+            ds = open_dataset(out, list(stored))
+            summary = ds.summary()
+            ds.close()
+        except HarnessError:
+            pass   # nothing committed (an early failure): nothing to describe
+        if rep is not None:
+            if summary:
+                rep.log_metrics({"dataset/episodes": summary["episodes"], "dataset/stored_steps": summary["stored_steps"],
+                                 "dataset/bytes_on_disk": summary["bytes_on_disk"],
+                                 "dataset/bytes_per_million_steps": summary["bytes_per_million_steps"],
+                                 "dataset/damaged": summary["damaged"]}, step=episodes_done)
+                rep.log_json(summary, "dataset_summary.json")
+            rep.log_json(per_setting, "collect_settings.json")
+            if first_frames:
+                _log_first_frames(rep, first_frames)
+            rep.close(status)
+    echo(f"collected {episodes_done} episodes ({env_frames:,} env frames) into {out}: "
+         f"{summary.get('episodes', 0)} episodes, {summary.get('stored_steps', 0):,} stored steps in all, "
+         f"{summary.get('bytes_per_million_steps', 0) / 1e9:.2f} GB per million steps")
+    return CollectResult(out, run_id, episodes_done, writer.steps_written, env_frames, summary, per_setting)
+
+
+def _log_first_frames(rep: Any, frames: list[np.ndarray]) -> None:
+    import tempfile
+    import imageio.v2 as imageio
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "first_frames.png"
+        imageio.imwrite(path, image_grid(np.stack(frames), ncols=8))
+        rep.log_artifact(path)

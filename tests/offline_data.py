@@ -1,0 +1,84 @@
+"""Tiny real datasets shared by the offline-data, pre-training and retrieval tests (collected once per session).
+
+Tests must not modify them: copy first (``copy_dataset``)."""
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.collect import CollectConfig, collect
+from harness.offline import open_dataset
+
+TASKS = ("walker-walk", "cheetah-run", "reach-v3")
+EPISODE_FRAMES = 40     # 20 agent steps + the reset observation = 21 stored steps per episode
+_CACHE: dict[str, Path] = {}
+
+
+def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """walker and cheetah (random, OU 0.5) and reach-v3 (expert, sigma 0.3), 2 episodes per setting, pixels
+    and proprio, several shards; its MLflow run in ``<dir>/../mlflow.db``."""
+    if "shards" not in _CACHE:
+        root = tmp_path_factory.mktemp("offline")
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            mp.chdir(root)
+            collect(root / "ds", CollectConfig(tasks=TASKS, episodes=2, noise=(0.5,), obs_type="both",
+                                               episode_frames=EPISODE_FRAMES, render_quality="fast", shard_steps=60,
+                                               chunk_steps=8, seed=1), echo=lambda *_: None)
+        _CACHE["shards"] = root / "ds"
+    return _CACHE["shards"]
+
+
+def copy_dataset(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+def write_ncrl(src: Path, dest: Path) -> Path:
+    """The same episodes in the paper code's layout: dmcontrol/<domain>/, metaworld/<task>/, one .npz each,
+    ``{time}-{uuid}-{idx}-{len}.npz``, action row t = the action that led to observation t (row 0 dummy)."""
+    ds = open_dataset(src, ["pixels"])
+    ts = datetime.datetime(2024, 5, 1, 12, 0, 0).strftime("%Y%m%dT%H%M%S")
+    for idx, ep in enumerate(ds.episode_ids):
+        meta = ds.meta(int(ep))
+        e = ds.episode(int(ep))
+        folder = dest / ("metaworld" if meta.embodiment == "sawyer" else "dmcontrol") / (
+            meta.task if meta.embodiment == "sawyer" else meta.embodiment)
+        folder.mkdir(parents=True, exist_ok=True)
+        t = len(e["pixels"])
+        action = np.zeros((t, meta.action_dim), np.float32)
+        action[1:] = e["action"][:-1, :meta.action_dim]
+        np.savez_compressed(folder / f"{ts}-{meta.uid}-{idx}-{t - 1}.npz", observation=e["pixels"], action=action,
+                            reward=np.zeros((t, 1), np.float32), discount=np.ones((t, 1), np.float32))
+    ds.close()
+    return dest
+
+
+def ncrl_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.npz"))
+
+
+def truncate(path: Path, keep_fraction: float) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(int(size * keep_fraction))
+
+
+def flip_bytes(path: Path, offset: int, n: int = 64) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = bytearray(f.read(n))
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def env_uri(monkeypatch: pytest.MonkeyPatch, root: Path) -> str:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+

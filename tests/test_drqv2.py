@@ -6,9 +6,10 @@ from harness import checkpoint
 from harness.config import RunConfig
 from harness.runner import run_stream
 from harness.streams import EvalSpec, StreamSpec, TaskSpec
-from methods.base import MethodContext, Step, TaskContext
+from methods.base import MethodContext, TaskContext
 from methods.drqv2 import DrQV2, DrQV2Config, random_shift
 from tasks.base import EnvConfig, make_env
+from episodes import run_episode
 
 
 def test_random_shift_moves_by_at_most_pad_and_keeps_shape():
@@ -29,16 +30,7 @@ def _ctx(tmp_path, obs_type):
     return env, ctx, task
 
 
-def _fill(method, env, task, steps):
-    obs, reward, first, state = env.reset(), 0.0, True, None
-    for _ in range(steps):
-        batch = {k: v[None] for k, v in obs.items()} | {"is_first": np.array([first])}
-        a, state = method.act(batch, state, task, explore=True)
-        method.observe(Step(obs, a[0], reward, first, False, False))
-        res = env.step(a[0])
-        obs, reward, first = res.obs, res.reward, False
-        method.update(0)
-    method.observe(Step(obs, np.zeros(6, np.float32), reward, False, True, False))
+_fill = run_episode
 
 
 def test_nstep_batches_have_stacked_frames_and_discounts(tmp_path):

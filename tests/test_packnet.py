@@ -8,24 +8,17 @@ from harness.config import RunConfig
 from harness.errors import HarnessError
 from harness.runner import run_stream
 from harness.streams import EvalSpec, StreamSpec, TaskSpec
-from methods.base import MethodContext, Step, TaskContext, resolve_config
+from methods.base import MethodContext, TaskContext, resolve_config
 from methods.packnet import SPEC, PackNet, PackNetConfig
 from tasks.base import EnvConfig, make_env
+from episodes import run_episode
 
 TASKS = ("cartpole-balance", "cartpole-swingup")
 
 
 def _train(method, env, task, agent_steps):
     method.on_task_start(task)
-    obs, reward, first, state = env.reset(), 0.0, True, None
-    for _ in range(agent_steps):
-        batch = {k: v[None] for k, v in obs.items()} | {"is_first": np.array([first])}
-        a, state = method.act(batch, state, task, explore=True)
-        method.observe(Step(obs, a[0], reward, first, False, False))
-        res = env.step(a[0])
-        obs, reward, first = res.obs, res.reward, False
-        method.update(0)
-    method.observe(Step(obs, np.zeros_like(a[0]), reward, False, True, False))
+    run_episode(method, env, task, agent_steps)
     return method.on_task_end(task)
 
 

@@ -149,11 +149,15 @@ def _parse_overrides(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--video-frames", type=int, default=200, show_default=True, help="0 disables videos.")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where checkpoints are kept.")
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue a killed run (MLflow run id).")
+@click.option("--pretrained", default=None, type=click.Path(), metavar="DIR",
+              help="GSA methods: the pre-training run (from `pretrain --build-index`).")
+@click.option("--offline-data", default=None, type=click.Path(), metavar="DIR",
+              help="GSA methods: the offline dataset (default: the one the model was pre-trained on).")
 def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str | None, overrides: tuple[str, ...],
                    stream_file: str | None, frames_per_task: int | None, eval_every: int | None,
                    eval_episodes: int | None, obs_type: str, render_quality: str, action_repeat: int,
                    device: str, threads: int, checkpoint_every: int, video_frames: int, runs_dir: str,
-                   resume: str | None) -> None:
+                   resume: str | None, pretrained: str | None, offline_data: str | None) -> None:
     """Train a method on each task of STREAM in order, evaluating on all tasks; report to MLflow."""
     from harness.config import RunConfig
     from harness.streams import get_stream, load_stream_file
@@ -176,8 +180,17 @@ def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str 
     spec = load_stream_file(stream_file) if stream_file else get_stream(stream)  # type: ignore[arg-type]
     spec = spec.with_overrides(frames_per_task, eval_every, eval_episodes)
     METHODS.entry(method_name)  # unknown method: clear error before anything heavy is imported
+    parsed = _parse_overrides(overrides)
+    for flag, field, value in (("--pretrained", "pretrained", pretrained), ("--offline-data", "offline_data", offline_data)):
+        if value is not None:
+            import dataclasses
+            fields = {f.name for f in dataclasses.fields(METHODS.load(method_name).config_cls())}
+            if field not in fields:
+                raise HarnessError(f"{flag} is for the methods that fine-tune a pre-trained world model "
+                                   f"(gsa, gsa-p, gsa-p-er, gsa-p-g, jsrl-bc), not {method_name!r}")
+            parsed += ((field, os.path.abspath(value)),)  # absolute: a resumed run may start elsewhere
     cfg = RunConfig(stream=spec, method=method_name, seed=seed, preset=preset,
-                    overrides=_parse_overrides(overrides),
+                    overrides=parsed,
                     env=EnvConfig(obs_type=obs_type, render_quality=render_quality, action_repeat=action_repeat),
                     device=device, torch_threads=threads, checkpoint_every_frames=checkpoint_every,
                     video_frames=video_frames, runs_dir=runs_dir)
@@ -206,6 +219,47 @@ def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: st
         click.echo(f"excluded: {e}")
     click.echo(f"written: {', '.join(str(p) for p in comp.files)}")
     click.echo(f"logged as MLflow run {comp.run_id}; look with: {ui_command()}")
+
+
+# ------------------------------------------------------------------------------------ the whole GSA pipeline
+
+@main.command("pipeline")
+@click.argument("stream")
+@click.option("--obs", "obs_type", type=click.Choice(["pixels", "proprio", "both"]), default="proprio", show_default=True,
+              help="proprio learns on a CPU; pixels is the paper's setting.")
+@click.option("--preset", default="tiny", show_default=True, help="World model / GSA preset: debug, tiny, small, paper.")
+@click.option("--method", "method_name", default="gsa", show_default=True,
+              help="gsa or an ablation: gsa-p, gsa-p-er, gsa-p-g, jsrl-bc.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--data-tasks", default=None, help="Tasks to collect offline data on (default: the stream's tasks).")
+@click.option("--episodes", default=4, show_default=True, type=int, help="Episodes per (task, policy, noise).")
+@click.option("--episode-frames", type=int, default=None, help="Env frames per collected episode (default: the task's).")
+@click.option("--pretrain-steps", default=2_000, show_default=True, type=int,
+              help="Pre-training gradient updates (Table 5: 200,000).")
+@click.option("--frames-per-task", type=int, default=None, help="Override every task's env-frame budget.")
+@click.option("--eval-every", type=int, default=None)
+@click.option("--eval-episodes", type=int, default=None)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a GSA config field.")
+@click.option("--render-quality", type=click.Choice(["paper", "fast"]), default="fast", show_default=True)
+@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
+@click.option("--workdir", default=None, help="Where data and the model go (default pipeline/<stream>-<obs>-<preset>).")
+def pipeline_cmd(stream: str, obs_type: str, preset: str, method_name: str, seed: int, data_tasks: str | None,
+                 episodes: int, episode_frames: int | None, pretrain_steps: int, frames_per_task: int | None,
+                 eval_every: int | None, eval_episodes: int | None, overrides: tuple[str, ...], render_quality: str,
+                 threads: int, workdir: str | None) -> None:
+    """collect -> pretrain -> build-index -> run-stream gsa on STREAM, then compare with what else ran on it.
+
+    Each stage is skipped when its output exists, so rerunning the same command continues a killed pipeline."""
+    from harness.pipeline import PipelineConfig, run_pipeline
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if pretrain_steps < 1 or episodes < 1:
+        raise HarnessError("--pretrain-steps and --episodes must be >= 1")
+    run_pipeline(PipelineConfig(stream=stream, obs_type=obs_type, preset=preset, seed=seed, method=method_name,
+                                data_tasks=_csv(data_tasks, str, "--data-tasks"), episodes=episodes,
+                                episode_frames=episode_frames, pretrain_steps=pretrain_steps,
+                                frames_per_task=frames_per_task, eval_every=eval_every, eval_episodes=eval_episodes,
+                                overrides=_parse_overrides(overrides), render_quality=render_quality,
+                                threads=threads, workdir=workdir), echo=click.echo)
 
 
 # ------------------------------------------------------------------------------------ offline data and GSA pre-training

@@ -146,10 +146,12 @@ class MlflowReporter:
         self.client.log_artifact(self.run_ids[run], str(path), artifact_path)
 
     def log_json(self, obj: Any, filename: str, run: str = PARENT) -> None:
+        """``filename`` may name an artifact folder too: ``retrieval/task00.json``."""
+        folder, _, name = filename.rpartition("/")
         with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / filename
+            p = Path(tmp) / name
             p.write_text(json.dumps(obj, indent=2, default=str))
-            self.log_artifact(p, run=run)
+            self.log_artifact(p, folder or None, run=run)
 
     def find_runs(self, experiment: str, filter_string: str) -> list[Any]:
         exp = self.client.get_experiment_by_name(experiment)

@@ -72,6 +72,8 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, list[TaskInfo], MethodSpec, Any]
             raise HarnessError(f"{what}={given} is smaller than the stream needs ({need})")
     env = dataclasses.replace(cfg.env, action_pad_dim=cfg.env.action_pad_dim or act_pad,
                               proprio_pad_dim=cfg.env.proprio_pad_dim or prop_pad)
+    if spec.setup is not None:
+        env = spec.setup(method_cfg, infos, env)
     return dataclasses.replace(cfg, env=env), infos, spec, method_cfg
 
 
@@ -254,6 +256,9 @@ class _Run:
                 if self.p.global_env_frames >= next_ckpt and not budget_done:
                     self.save()
                     next_ckpt = self.p.global_env_frames + cfg.checkpoint_every_frames
+            if pending:  # what the last partial logging interval gathered
+                self.rep.log_metrics({k: float(np.mean(v)) for k, v in pending.items()}, self.p.global_env_frames,
+                                     run=TASK)
         finally:
             bar.close()
             env.close()
@@ -344,7 +349,8 @@ def run_stream(cfg: RunConfig, resume: str | None = None, echo: Any = print,
     _seed_everything(cfg.seed, cfg.torch_threads)
     ctx = MethodContext(task_names=tuple(t.name for t in cfg.stream.tasks), obs_spec=_obs_spec(cfg.env),
                         action_dim=int(cfg.env.action_pad_dim), seed=cfg.seed, device=_device(cfg.device),
-                        workdir=run_dir / "method")
+                        workdir=run_dir / "method",
+                        log_json=lambda obj, name: rep.log_json(obj, name, run=TASK))
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     method = spec.build(method_cfg, ctx)
     if resume:

@@ -10,7 +10,20 @@ METHODS: Registry[str] = Registry("method")
 
 METHODS.register("random", "methods.random_policy:SPEC",
                  description="Uniform random actions on the task's action mask (the score floor)")
+METHODS.register("dreamer", "methods.dreamer:SPEC",
+                 description="DreamerV3-style world model + imagination actor-critic from scratch (no pre-training); naive continual")
 METHODS.register("drqv2", "methods.drqv2:SPEC",
                  description="DrQ-v2: n-step clipped double-Q DDPG on augmented, frame-stacked pixels (or state)")
 METHODS.register("packnet", "methods.packnet:SPEC",
                  description="PackNet (avalanche-lib modules) around DrQ-v2's encoder and actor; critic reset per task")
+# GSA (paper Algorithm 1) and the ablations of its Fig. 6: one class, switches (methods/gsa/agent.py).
+METHODS.register("gsa", "methods.gsa.agent:SPEC",
+                 description="GSA: pre-trained world model + retrieval rehearsal (ER) + BC execution guidance (G)")
+METHODS.register("gsa-p", "methods.gsa.agent:SPEC_P",
+                 description="GSA ablation P: the pre-trained world model fine-tuned naively (no ER, no G)")
+METHODS.register("gsa-p-er", "methods.gsa.agent:SPEC_P_ER",
+                 description="GSA ablation P+ER: pre-training and retrieval-based experience rehearsal")
+METHODS.register("gsa-p-g", "methods.gsa.agent:SPEC_P_G",
+                 description="GSA ablation P+G: pre-training and execution guidance")
+METHODS.register("jsrl-bc", "methods.gsa.agent:SPEC_JSRL_BC",
+                 description="JSRL-BC: a from-scratch Dreamer whose episodes start with the retrieved-data BC prior")

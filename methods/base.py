@@ -21,6 +21,9 @@ class MethodContext:
     seed: int
     device: str                          # "cpu" or "cuda[:i]"
     workdir: Path                        # a directory the method may use for large state (replay files)
+    # Logs a JSON artifact (obj, filename) to the MLflow run of the task being trained, e.g. what GSA
+    # retrieved. None outside the runner (tests, benchmarks).
+    log_json: Callable[[Any, str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,15 @@ class Method(Protocol):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    config_cls: type
+    config_cls: Callable[..., Any]       # a config dataclass (or a partial of one with other defaults)
     build: Callable[[Any, MethodContext], Method]
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> field overrides
     default_preset: str = "paper"
+    # Optional check before anything is written: (method config, the stream's TaskInfos, EnvConfig) ->
+    # the EnvConfig to run with. Raises HarnessError on bad input (GSA: a missing pre-trained model, an
+    # index for another encoder); may fix env fields the method depends on (GSA: the padded dims of its
+    # pre-trained model).
+    setup: Callable[[Any, list[Any], Any], Any] | None = None
 
 
 def _coerce(value: str, target: Any, key: str) -> Any:

@@ -20,6 +20,8 @@ class GuidanceSchedule:
     prob_end: float = 0.0
     duration_agent_steps: int = 50_000
     window_fractions: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))  # ncrl: {0.1..1.0}
+    anchor: str = "random"        # GSA: the window starts anywhere; "start": at step 0 (JSRL's guide-policy
+                                  # roll-in, Uchendu et al. 2023, the paper's JSRL-BC neighbour)
 
     def prob(self, agent_steps: int) -> float:
         """p(t): the chance that an episode starting at ``agent_steps`` gets a BC window."""
@@ -34,10 +36,14 @@ class GuidanceSchedule:
         if rng.random() >= self.prob(agent_steps):
             return 0, 0
         length = int(round(float(rng.choice(self.window_fractions)) * episode_steps))
-        start = int(rng.integers(0, episode_steps - length + 1))
+        start = 0 if self.anchor == "start" else int(rng.integers(0, episode_steps - length + 1))
         return start, start + length
 
 
-def schedule_for(suite: str) -> GuidanceSchedule:
-    """Table 5's schedule for a task suite."""
-    return GuidanceSchedule(duration_agent_steps=150_000 if suite == "metaworld" else 50_000)
+def schedule_for(suite: str, dmc_agent_steps: int = 50_000, metaworld_agent_steps: int = 150_000,
+                 prob_end: float = 0.0, anchor: str = "random") -> GuidanceSchedule:
+    """Table 5's schedule for a task suite (durations in agent steps, overridable for short CPU budgets)."""
+    if anchor not in ("random", "start"):
+        raise ValueError(f"unknown guidance anchor {anchor!r}; valid: random, start")
+    return GuidanceSchedule(prob_end=prob_end, anchor=anchor,
+                            duration_agent_steps=metaworld_agent_steps if suite == "metaworld" else dmc_agent_steps)

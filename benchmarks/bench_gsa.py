@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "gsa"))
     ap.add_argument("--summary-only", action="store_true", help="only summarise the runs already in MLflow")
+    ap.add_argument("--note", default="", help="a line appended to the summary (e.g. how the runs were made)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="method config overrides for gsa and dreamer (gsa's agent fields: agent.NAME)")
     a = ap.parse_args()
@@ -189,9 +190,12 @@ def summarize(a, tasks, methods, seeds, rep, walls, timing) -> None:
     if "gsa" in agg and "dreamer" in agg and agg["dreamer"] > 0:
         lines += ["", f"Aggregate: gsa {agg['gsa']:.1f} vs dreamer {agg['dreamer']:.1f} "
                       f"({100 * (agg['gsa'] - agg['dreamer']) / agg['dreamer']:+.1f}%; the paper reports +102.8% at 150k samples)."]
-    lines += ["", "Wall time per run (min): " + ", ".join(f"{m} {t} s{s}: {w / 60:.1f}" for (m, t, s), w in sorted(walls.items())),
-              f"Collect {timing['collect_s'] / 60:.1f} min, pre-training + index {timing['pretrain_s'] / 60:.1f} min, "
-              f"total {timing['total_s'] / 60:.1f} min."]
+    if walls:
+        lines += ["", "Wall time per run (min): " + ", ".join(f"{m} {t} s{s}: {w / 60:.1f}" for (m, t, s), w in sorted(walls.items())),
+                  f"Collect {timing['collect_s'] / 60:.1f} min, pre-training + index {timing['pretrain_s'] / 60:.1f} min, "
+                  f"total {timing['total_s'] / 60:.1f} min."]
+    if a.note:
+        lines += ["", a.note]
     text = "\n".join(lines)
     print("\n" + text)
 

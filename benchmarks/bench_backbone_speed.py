@@ -233,7 +233,7 @@ def options(a, meta) -> None:
     for starts in ("0", "128"):
         r = time_updates("tiny", "proprio", n, {"imag_starts": starts})
         rec(f"tiny proprio update, imag_starts={starts} (0 = all 512)", r["s_per_update"], "s/update")
-    for mode in ("inference", "no_grad", "grad"):
+    for mode in ("inference", "no_grad"):
         rec(f"tiny pixels act() batch 1, {mode}", time_act("tiny", "pixels", 1, mode) * 1e3, "ms/call")
     b1 = time_act("tiny", "pixels", 1, "inference")
     b5 = time_act("tiny", "pixels", 5, "inference")

@@ -34,6 +34,25 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _CACHE["shards"]
 
 
+def pretrain_debug(data: Path, root: Path, updates: int, obs_keys: list[str] | None = None) -> Path:
+    """A debug-size world model pre-trained on ``data`` for a few updates (1 torch thread), with its index;
+    its MLflow runs in ``root/mlflow.db``. Returns the pre-training directory."""
+    import torch
+    from methods.gsa.pretrain import make_config, pretrain
+    from methods.gsa.retrieval import build_index
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+            res = pretrain(data, make_config("debug", {"grad_updates": str(updates), "openloop_every": "100"}),
+                           out=root / "pt", obs_keys=obs_keys, echo=lambda *_: None)
+        build_index(res.out, echo=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    return res.out
+
+
 def copy_dataset(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     return dest

@@ -19,13 +19,7 @@ from methods.base import Step
 A = 4  # padded action dim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny nets are overhead-bound; one thread also avoids oversubscription when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SPECS = {

@@ -24,13 +24,7 @@ ENV = dict(render_quality="fast", episode_frames=200)
 TWO_TASKS = StreamSpec("d2", (TaskSpec("cartpole-balance", 600), TaskSpec("reacher-easy", 600)), EvalSpec(300, 2))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Debug nets are overhead-bound; one thread also avoids oversubscription on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(tmp_path, obs="proprio", stream=TWO_TASKS, overrides=(), **kw):

@@ -20,9 +20,8 @@ from methods import METHODS
 from methods.backbone.checkpoint import CheckpointMismatchError, save_world_model
 from methods.backbone.world_model import WorldModel
 from methods.base import MethodContext, Step, TaskContext, resolve_config
-from methods.gsa.pretrain import load_pretrained, make_config, pretrain
-from methods.gsa.retrieval import build_index
-from offline_data import collected
+from methods.gsa.pretrain import load_pretrained
+from offline_data import collected, pretrain_debug
 from tasks.base import EnvConfig, make_env
 from tasks.catalog import TASKS
 
@@ -33,17 +32,8 @@ QUIET = dict(echo=lambda *_: None)
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """walker/cheetah/sawyer data (tests/offline_data.py), a debug world model on its proprio states, the index."""
-    data = collected(tmp_path_factory)
-    root = tmp_path_factory.mktemp("gsa-pretrained")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        res = pretrain(data, make_config("debug", {"grad_updates": "6", "openloop_every": "100"}),
-                       out=root / "pt", obs_keys=["proprio"], **QUIET)
-    build_index(res.out, **QUIET)
-    torch.set_num_threads(threads)
-    return res.out
+    return pretrain_debug(collected(tmp_path_factory), tmp_path_factory.mktemp("gsa-pretrained"), updates=6,
+                          obs_keys=["proprio"])
 
 
 def _stream(*tasks, frames=600, every=600):

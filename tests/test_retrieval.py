@@ -9,9 +9,9 @@ import torch
 from harness.errors import HarnessError
 from harness.offline import open_dataset
 from methods.backbone.checkpoint import save_world_model
-from methods.gsa.pretrain import load_pretrained, make_config, pretrain
+from methods.gsa.pretrain import load_pretrained
 from methods.gsa.retrieval import RetrievalConfig, RetrievalIndex, Retriever, build_index, encoder_fingerprint
-from offline_data import collected, write_ncrl
+from offline_data import collected, pretrain_debug, write_ncrl
 
 QUIET = dict(echo=lambda *_: None)
 
@@ -24,16 +24,7 @@ def dataset_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained(dataset_dir, tmp_path_factory):
     """A debug-size world model pre-trained for a few updates, with its index."""
-    root = tmp_path_factory.mktemp("pretrained")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        res = pretrain(dataset_dir, make_config("debug", {"grad_updates": "4", "openloop_every": "100"}),
-                       out=root / "pt", **QUIET)
-    build_index(res.out, **QUIET)
-    torch.set_num_threads(threads)
-    return res.out
+    return pretrain_debug(dataset_dir, tmp_path_factory.mktemp("pretrained"), updates=4)
 
 
 def test_each_trajectory_is_its_own_nearest_neighbour(dataset_dir, pretrained):

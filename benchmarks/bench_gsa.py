@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
+from benchmarks.jobs import run_parallel  # noqa: E402
+
 
 def stream_file(task: str, frames: int, every: int, episodes: int, folder: Path) -> tuple[str, Path]:
     name = f"bench-{task}-{frames // 1000}k"
@@ -53,6 +55,15 @@ def bootstrap_ci(x, reps: int = 5000, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     means = rng.choice(x, (reps, len(x))).mean(1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def earlier_walls() -> dict[tuple[str, str, int], float]:
+    """Wall times of runs made by earlier invocations (the summary covers their runs too)."""
+    path = OUT / "gsa_vs_dreamer.json"
+    if not path.is_file():
+        return {}
+    walls = json.loads(path.read_text()).get("walls", {})
+    return {(k.split("|")[0], k.split("|")[1], int(k.split("|")[2])): float(v) for k, v in walls.items()}
 
 
 def main() -> None:
@@ -84,7 +95,8 @@ def main() -> None:
     t0 = time.time()
     if a.summary_only:
         from harness.reporting import MlflowReporter
-        summarize(a, tasks, methods, seeds, MlflowReporter(), {}, {"collect_s": 0.0, "pretrain_s": 0.0, "total_s": 0.0})
+        summarize(a, tasks, methods, seeds, MlflowReporter(), earlier_walls(),
+                  {"collect_s": 0.0, "pretrain_s": 0.0, "total_s": 0.0})
         return
 
     data, pre = work / "data", work / "pretrained"
@@ -119,26 +131,9 @@ def main() -> None:
                     cmd += ["--pretrained", str(pre)]
                 jobs.append((task, name, m, s, cmd))
     print(f"{len(jobs)} runs, {a.parallel} at once; MLflow store {tracking_uri()}", flush=True)
-    running: list[tuple[tuple, subprocess.Popen, float]] = []
-    walls: dict[tuple[str, str, int], float] = {}
-    logs = work / "logs"
-    logs.mkdir(exist_ok=True)
-    pending = list(jobs)
-    while pending or running:
-        while pending and len(running) < a.parallel:
-            job = pending.pop(0)
-            log = open(logs / f"{job[2]}-{job[0]}-seed{job[3]}.log", "w")
-            running.append((job, subprocess.Popen(job[4], stdout=log, stderr=subprocess.STDOUT), time.time()))
-            time.sleep(2)
-        time.sleep(5)
-        for item in list(running):
-            job, proc, start = item
-            if proc.poll() is not None:
-                running.remove(item)
-                walls[(job[2], job[0], job[3])] = time.time() - start
-                status = "ok" if proc.returncode == 0 else f"FAILED ({proc.returncode}), see {logs}"
-                print(f"  {job[2]:>8} {job[0]:<18} seed {job[3]}: {status} in {(time.time() - start) / 60:.1f} min",
-                      flush=True)
+    done = run_parallel([(f"{m}-{task}-seed{s}", cmd) for task, _, m, s, cmd in jobs], a.parallel, work / "logs",
+                        echo=lambda line: print(line, flush=True))
+    walls = {**earlier_walls(), **{(m, task, s): done[f"{m}-{task}-seed{s}"][1] for task, _, m, s, _ in jobs}}
     summarize(a, tasks, methods, seeds, rep, walls, {"collect_s": t_collect, "pretrain_s": t_pretrain,
                                                      "total_s": time.time() - t0})
 

@@ -1,11 +1,16 @@
-"""Does a method learn? Single-task runs through the real runner, several seeds, against `random`.
+"""Does a method learn on this CPU? Single-task runs through the real runner, several seeds, vs `random`.
 
-    .venv/bin/python benchmarks/bench_learning.py --method drqv2 --task cartpole-balance \
-        --frames 40000 --seeds 0,1,2 --preset tiny --obs proprio
+    .venv/bin/python benchmarks/bench_learning.py                              # dreamer, cartpole-swingup
+    .venv/bin/python benchmarks/bench_learning.py --method drqv2 --task cartpole-balance --frames 30000
 
-Every run is recorded in MLflow (experiment ``stream/learn-<task>``); the table of evaluation returns per
-seed and a PNG of the curves go to benchmarks/results/. Seeds run one after another with one torch thread
-each unless --parallel is given (then one process per seed, still one thread each).
+Each seed is a separate process with one torch thread (anchors.md section 6: never oversubscribe the
+2 cores), all seeds at once by default. Every run is recorded in MLflow (experiment
+``stream/learn-<task>``; the store is $MLFLOW_TRACKING_URI or ./mlflow.db), together with a summary run
+holding the curve and the numbers. The `random` baseline runs on the same task with the same seeds and
+therefore the same evaluation episodes; a constant zero-action policy is evaluated on them too, because
+on cartpole-balance doing nothing already scores far above random (the pole starts upright).
+
+Outputs: benchmarks/results/learning_<method>_<task>_<obs>.{png,json,md}.
 """
 from __future__ import annotations
 
@@ -19,103 +24,175 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+OUT = ROOT / "benchmarks" / "results"
 
 
-def run_one(method: str, task: str, frames: int, seed: int, preset: str, obs: str, eval_every: int,
-            episodes: int, overrides: list[str]) -> dict:
-    from harness.config import RunConfig
-    from harness.runner import run_stream
+def _stream(task: str, frames: int, every: int, episodes: int):
     from harness.streams import EvalSpec, StreamSpec, TaskSpec
-    from methods.base import resolve_config  # noqa: F401  (validates overrides through run_stream)
-    from tasks.base import EnvConfig
-    stream = StreamSpec(f"learn-{task}", (TaskSpec(task, frames),), EvalSpec(eval_every, episodes))
-    cfg = RunConfig(stream=stream, method=method, seed=seed, preset=preset, torch_threads=1, video_frames=0,
-                    overrides=tuple(tuple(o.split("=", 1)) for o in overrides),
-                    env=EnvConfig(obs_type=obs), checkpoint_every_frames=10**9)
-    t0 = time.time()
-    res = run_stream(cfg, echo=lambda *_: None)
+    return StreamSpec(f"learn-{task}", (TaskSpec(task, frames),), EvalSpec(every, episodes),
+                      description=f"{task} alone, {frames} env frames (learning benchmark)")
+
+
+def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
+    """One seed through the real runner; returns its evaluation curve (env frames, mean return)."""
+    from harness.config import RunConfig
     from harness.reporting import MlflowReporter
-    client = MlflowReporter().client
-    hist = client.get_metric_history(res.run_id, f"eval/0-{task}/return")
+    from harness.runner import run_stream
+    from tasks.base import EnvConfig
+    overrides = tuple(tuple(o.split("=", 1)) for o in a.overrides) if method != "random" else ()
+    cfg = RunConfig(stream=_stream(a.task, a.frames, a.eval_every, a.eval_episodes), method=method, seed=seed,
+                    preset=a.preset if method != "random" else None, overrides=overrides,  # type: ignore[arg-type]
+                    env=EnvConfig(obs_type=a.obs), torch_threads=1, video_frames=0,
+                    checkpoint_every_frames=a.checkpoint_every, runs_dir=str(ROOT / "runs"))
+    rep = MlflowReporter()
+    t0 = time.time()
+    res = run_stream(cfg, echo=lambda *_: None, reporter=rep)
+    hist = rep.client.get_metric_history(res.run_id, f"eval/0-{a.task}/return")
     return {"method": method, "seed": seed, "run_id": res.run_id, "wall_s": time.time() - t0,
-            "curve": sorted((m.step, m.value) for m in hist)}
+            "curve": sorted((int(m.step), float(m.value)) for m in hist)}
+
+
+def zero_action_return(a: argparse.Namespace, seed: int) -> float:
+    """Mean return of the all-zero action on the runner's evaluation episodes of ``seed``."""
+    import numpy as np
+    from harness.evaluation import evaluate
+    from methods.base import TaskContext
+    from tasks.base import EnvConfig
+    from tasks.catalog import TASKS
+
+    class Zero:
+        def act(self, obs, state, task, explore):
+            return np.zeros((obs["is_first"].shape[0], info.action_dim), np.float32), state
+
+    info = TASKS.get(a.task)
+    task = TaskContext(0, info.name, info.embodiment, info.suite, a.frames, np.ones(info.action_dim, np.float32), 2)
+    res = evaluate(Zero(), task, info, EnvConfig(obs_type="proprio", action_pad_dim=info.action_dim,  # type: ignore[arg-type]
+                                                 proprio_pad_dim=info.proprio_dim), a.eval_episodes, seed)
+    return res.mean_return
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--method", default=None)
-    ap.add_argument("--task", default="cartpole-balance")
-    ap.add_argument("--frames", type=int, default=40_000)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", default="dreamer", help="any registered method (see `cli.py methods list`)")
+    ap.add_argument("--task", default="cartpole-swingup")
+    ap.add_argument("--frames", type=int, default=14_000, help="env frames per run")
+    ap.add_argument("--eval-every", type=int, default=2_000)
+    ap.add_argument("--eval-episodes", type=int, default=5)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--obs", default="proprio")
-    ap.add_argument("--eval-every", type=int, default=5_000)
-    ap.add_argument("--eval-episodes", type=int, default=5)
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--parallel", action="store_true")
-    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child process: one seed
-    ap.add_argument("--one-method", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--parallel", type=int, default=0, help="processes at once (default: one per seed)")
+    ap.add_argument("--checkpoint-every", type=int, default=10**9)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "method:seed": run one, print JSON
     a = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    if a.one is not None:
-        print(json.dumps(run_one(a.one_method, a.task, a.frames, a.one, a.preset, a.obs, a.eval_every,
-                                 a.eval_episodes, a.overrides)))
+    if a.child:
+        method, seed = a.child.split(":")
+        print(json.dumps(run_one(method, int(seed), a)), flush=True)
         return
-    if not a.method:
-        ap.error("--method is required")
-    seeds = [int(s) for s in a.seeds.split(",")]
-    jobs = [(a.method, s) for s in seeds] + [("random", s) for s in seeds]
-    results = []
-    base = [sys.executable, __file__, "--task", a.task, "--frames", str(a.frames), "--preset", a.preset,
-            "--obs", a.obs, "--eval-every", str(a.eval_every), "--eval-episodes", str(a.eval_episodes)]
-    for o in a.overrides:
-        base += ["--set", o]
-    procs = []
-    for method, seed in jobs:
-        cmd = base + ["--one", str(seed), "--one-method", method] + (["--preset", "paper"] if method == "random" else [])
-        if a.parallel:
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
-        else:
-            out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
-            results.append(json.loads(out.strip().splitlines()[-1]))
-            r = results[-1]
-            print(f"{r['method']:>8} seed {r['seed']}: final return {r['curve'][-1][1]:7.1f} "
-                  f"({r['wall_s']:.0f} s)", flush=True)
-    for p in procs:
-        out, _ = p.communicate()
-        results.append(json.loads(out.strip().splitlines()[-1]))
 
+    from harness.reporting import MlflowReporter, tracking_uri
+    seeds = [int(s) for s in a.seeds.split(",")]
+    # Create the store and the experiment once, here: processes racing to create them fail (sqlite).
+    rep = MlflowReporter()
+    exp_name = f"stream/learn-{a.task}"
+    if rep.client.get_experiment_by_name(exp_name) is None:
+        rep.client.create_experiment(exp_name)
+    base = [sys.executable, __file__, "--method", a.method, "--task", a.task, "--frames", str(a.frames), "--eval-every", str(a.eval_every),
+            "--eval-episodes", str(a.eval_episodes), "--preset", a.preset, "--obs", a.obs,
+            "--checkpoint-every", str(a.checkpoint_every)] + [x for o in a.overrides for x in ("--set", o)]
+    t0 = time.time()
+    print(f"{a.method} ({a.preset}, {a.obs}) on {a.task}: {len(seeds)} seeds x {a.frames} env frames; "
+          f"MLflow store {tracking_uri()}", flush=True)
+    results: list[dict] = []
+    width = a.parallel or len(seeds)
+    pending = [f"{a.method}:{s}" for s in seeds]
+    running: list[tuple[str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < width:
+            job = pending.pop(0)
+            running.append((job, subprocess.Popen(base + ["--child", job], stdout=subprocess.PIPE, text=True)))
+            time.sleep(3)  # stagger MLflow run creation
+        job, proc = running.pop(0)
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"{job} failed with exit code {proc.returncode}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        r = results[-1]
+        print(f"  {a.method} seed {r['seed']}: " + ", ".join(f"{s}:{v:.0f}" for s, v in r["curve"])
+              + f"  ({r['wall_s'] / 60:.1f} min)", flush=True)
+    method_wall = time.time() - t0
+    for s in seeds:  # cheap: no learning
+        results.append(run_one("random", s, a))
+    zero = {s: zero_action_return(a, s) for s in seeds}
+    summarize(a, seeds, results, zero, method_wall, rep)
+
+
+def summarize(a, seeds, results, zero, method_wall, rep) -> None:
     import numpy as np
+    OUT.mkdir(parents=True, exist_ok=True)
+    stem = f"learning_{a.method}_{a.task}_{a.obs}"
+    me = a.method
     steps = [s for s, _ in results[0]["curve"]]
-    print(f"\n{a.method} vs random on {a.task} ({a.obs}, preset {a.preset}), eval return "
-          f"({a.eval_episodes} episodes) at env frames:")
-    print("method   seed " + " ".join(f"{s:>8}" for s in steps))
+    table = {m: np.array([[v for _, v in r["curve"]] for r in results if r["method"] == m]) for m in (me, "random")}
+    lines = [f"{me} (preset {a.preset}, {a.obs}) vs random on {a.task}: mean evaluation return over "
+             f"{a.eval_episodes} episodes at each evaluation (env frames). {len(seeds)} seeds, "
+             f"{a.frames} env frames per run, 1 torch thread per process, {min(len(seeds), a.parallel or len(seeds))} "
+             f"processes at once on {os.cpu_count()} cores; {me} wall time {method_wall / 60:.1f} min in all.",
+             f"Overrides: {' '.join(a.overrides) or '(none)'}.", "",
+             "| run | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for r in results:
-        print(f"{r['method']:<8} {r['seed']:>4} " + " ".join(f"{v:8.1f}" for _, v in r["curve"]))
-    for m in (a.method, "random"):
-        finals = [r["curve"][-1][1] for r in results if r["method"] == m]
-        print(f"{m}: final return mean {np.mean(finals):.1f} (min {np.min(finals):.1f}, max {np.max(finals):.1f}); "
-              f"wall {np.mean([r['wall_s'] for r in results if r['method'] == m]):.0f} s per run")
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"learning-{a.method}-{a.task}-{a.obs}"
-    (out_dir / f"{stem}.json").write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
+        lines.append(f"| {r['method']} seed {r['seed']} | " + " | ".join(f"{v:.0f}" for _, v in r["curve"]) + " |")
+    for m, arr in table.items():
+        lines.append(f"| **{m} mean** | " + " | ".join(f"**{v:.0f}**" for v in arr.mean(0)) + " |")
+    lines.append(f"| zero action (same episodes) | {np.mean(list(zero.values())):.0f} (constant) |" + " |" * (len(steps) - 1))
+    final_d, final_r = table[me][:, -1], table["random"][:, -1]
+    lines += ["", f"Final: {me} {final_d.mean():.0f} (seeds {', '.join(f'{v:.0f}' for v in final_d)}), "
+              f"random {final_r.mean():.0f}, zero action {np.mean(list(zero.values())):.0f}. "
+              f"Per-run wall time: " + ", ".join(f"{r['wall_s'] / 60:.1f} min" for r in results if r["method"] == me)]
+    text = "\n".join(lines)
+    print("\n" + text)
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for m, color in ((a.method, "C0"), ("random", "C3")):
-        for r in (r for r in results if r["method"] == m):
-            xs, ys = zip(*r["curve"])
-            ax.plot(xs, ys, color=color, alpha=0.8, label=f"{m}" if r["seed"] == seeds[0] else None)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    x = np.array(steps)
+    for row in table[me]:
+        ax.plot(x, row, color="C0", alpha=0.35, lw=1)
+    ax.plot(x, table[me].mean(0), color="C0", lw=2.2, marker="o", ms=4, label=f"{me} ({a.preset}), mean of {len(seeds)} seeds")
+    rnd = table["random"]
+    ax.fill_between(x, rnd.min(0), rnd.max(0), color="C3", alpha=0.15)
+    ax.plot(x, rnd.mean(0), color="C3", lw=1.8, label="random (mean, min-max)")
+    ax.axhline(np.mean(list(zero.values())), color="grey", ls="--", lw=1.2, label="zero action")
     ax.set_xlabel("env frames")
-    ax.set_ylabel(f"eval return ({a.eval_episodes} episodes)")
-    ax.set_title(f"{a.task} ({a.obs}), {len(seeds)} seeds")
+    ax.set_ylabel(f"evaluation return ({a.eval_episodes} episodes)")
+    ax.set_title(f"{me} on {a.task} ({a.obs}), CPU, {a.frames // 1000}k frames")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out_dir / f"{stem}.png")
-    print(f"wrote {out_dir / stem}.json and .png")
+    png = OUT / f"{stem}.png"
+    fig.savefig(png)
+    plt.close(fig)
+    payload = {"args": vars(a), "results": results, "zero_action": zero, "method_wall_s": method_wall}
+    (OUT / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    (OUT / f"{stem}.md").write_text(text + "\n")
+    # The numbers and the figure also go to MLflow, as a summary run beside the per-seed runs.
+    run_id = rep.start(f"stream/learn-{a.task}", f"bench-summary-{me}-{a.preset}-{a.obs}",
+                       {"benchmark": "bench_learning", "method": me, "preset": a.preset},
+                       {"frames": str(a.frames), "seeds": a.seeds, "overrides": " ".join(a.overrides)})
+    for i, s in enumerate(steps):
+        rep.log_metrics({f"bench/{me}_mean_return": float(table[me][:, i].mean()),
+                         "bench/random_mean_return": float(table["random"][:, i].mean())}, int(s))
+    rep.log_metrics({"bench/zero_action_return": float(np.mean(list(zero.values()))),
+                     f"bench/{me}_wall_s": method_wall}, int(steps[-1]))
+    rep.log_artifact(png)
+    rep.log_artifact(OUT / f"{stem}.md")
+    rep.log_artifact(OUT / f"{stem}.json")
+    rep.close("FINISHED")
+    print(f"\nwrote {png} (+ .json, .md); MLflow summary run {run_id}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""The continual Ant stream (paper Section 4.2, Fig. 5) on this CPU: gsa vs packnet vs dreamer vs drqv2.
+
+    .venv/bin/python benchmarks/bench_ant.py                                   # defaults below
+    .venv/bin/python benchmarks/bench_ant.py --frames-per-task 4000 --seeds 0,1 --methods gsa,dreamer
+
+1. ``collect`` reward-free proprio data (DMC random and OU exploration, harness/collect.py defaults) on the
+   stream's quadruped tasks and on other embodiments (``--data-tasks``: the paper pre-trains on several),
+   then ``pretrain`` a world model and build the retrieval index. Both are skipped when already there.
+2. Every (method, seed) runs the whole stream through the real runner (``cli.py run-stream``) with every
+   task's budget cut to ``--frames-per-task`` (the paper: 300k), proprio observations, one torch thread,
+   ``--parallel`` runs at once. All go to experiment ``stream/<stream>`` in MLflow.
+3. ``cli.py compare`` over those methods and seeds: average performance, forgetting, forward transfer,
+   final scores, IQM and optimality gap with 95% bootstrap CIs, curves and R matrices; saved under
+   ``--out`` and as a "comparison" run in MLflow.
+
+``--warmup-frames`` sets every learner's own warm-up field to one value (dreamer/gsa ``warmup_env_frames``,
+drqv2/packnet ``seed_frames``), so that short budgets are not all warm-up; the compare table names the
+budget, and the command line is written beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.jobs import run_parallel  # noqa: E402
+
+# Each learner's own name for "frames of the warm-up policy per task" (the config fields, with their prefix).
+WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
+                 "gsa": ["agent.warmup_env_frames", "agent.warmup_min_episodes=1"],
+                 "drqv2": ["seed_frames"], "packnet": ["base_config.seed_frames"]}
+
+
+def method_sets(method: str, warmup_frames: int | None, extra: list[str]) -> list[str]:
+    """The ``--set`` values of one method: the warm-up in its own field names, then ``METHOD:KEY=VALUE`` ones."""
+    out = []
+    if warmup_frames is not None:
+        for f in WARMUP_FIELDS.get(method.split("-")[0], []):
+            out.append(f if "=" in f else f"{f}={warmup_frames}")
+    out += [o.split(":", 1)[1] for o in extra if o.split(":", 1)[0] == method]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stream", default="ant")
+    ap.add_argument("--methods", default="gsa,packnet,dreamer,drqv2")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--frames-per-task", type=int, default=4_000, help="env frames per task (paper: 300k)")
+    ap.add_argument("--eval-every", type=int, default=2_000)
+    ap.add_argument("--eval-episodes", type=int, default=3)
+    ap.add_argument("--warmup-frames", type=int, default=1_000,
+                    help="every learner's warm-up per task (None of the presets' values fit 4k-frame tasks)")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--data-tasks", default=None,
+                    help="default: the stream's tasks plus walker-walk and cheetah-run (other embodiments)")
+    ap.add_argument("--episodes", type=int, default=2, help="collected episodes per (task, policy, noise)")
+    ap.add_argument("--episode-frames", type=int, default=None, help="env frames per collected episode")
+    ap.add_argument("--pretrain-steps", type=int, default=2_000)
+    ap.add_argument("--pretrain-threads", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "ant"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ant_compare"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                    help="a config override for one method, e.g. gsa:retrieve_k=20")
+    ap.add_argument("--prepare-only", action="store_true", help="only collect and pre-train (for gsa)")
+    ap.add_argument("--compare-only", action="store_true", help="only run compare on the runs already in MLflow")
+    a = ap.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from harness.streams import get_stream
+    stream = get_stream(a.stream)
+    work, cli = Path(a.workdir), [sys.executable, str(ROOT / "cli.py")]
+    work.mkdir(parents=True, exist_ok=True)
+    methods, seeds = a.methods.split(","), a.seeds.split(",")
+    t0 = time.time()
+    if not a.compare_only:
+        data, pre = work / "data", work / "pretrained"
+        data_tasks = a.data_tasks or ",".join([*dict.fromkeys(t.name for t in stream.tasks), "walker-walk", "cheetah-run"])
+        if any(m.startswith(("gsa", "jsrl")) for m in methods):
+            if not (data / "manifest.json").is_file():
+                subprocess.run(cli + ["collect", str(data), "--tasks", data_tasks, "--episodes", str(a.episodes),
+                                      "--obs", "proprio", "--render-quality", "fast"]
+                               + (["--episode-frames", str(a.episode_frames)] if a.episode_frames else []), check=True)
+            if not (pre / "index" / "index.json").is_file():
+                subprocess.run(cli + ["pretrain", "--data", str(data), "--preset", a.preset, "--obs", "proprio",
+                                      "--steps", str(a.pretrain_steps), "--out", str(pre), "--threads",
+                                      str(a.pretrain_threads), "--build-index"], check=True)
+        print(f"data + pre-training: {(time.time() - t0) / 60:.1f} min", flush=True)
+        if a.prepare_only:
+            return
+        from harness.reporting import MlflowReporter
+        rep = MlflowReporter()
+        if rep.client.get_experiment_by_name(f"stream/{stream.name}") is None:
+            rep.client.create_experiment(f"stream/{stream.name}")   # here: parallel children would race (sqlite)
+        jobs = []
+        for s in seeds:
+            for m in methods:
+                cmd = cli + ["run-stream", stream.name, "--method", m, "--seed", s, "--obs", "proprio",
+                             "--frames-per-task", str(a.frames_per_task), "--eval-every", str(a.eval_every),
+                             "--eval-episodes", str(a.eval_episodes), "--render-quality", "fast", "--threads", "1",
+                             "--video-frames", "0", "--runs-dir", str(work / "runs")]
+                if m != "random":
+                    cmd += ["--preset", a.preset] + [x for o in method_sets(m, a.warmup_frames, a.overrides)
+                                                     for x in ("--set", o)]
+                if m.startswith(("gsa", "jsrl")):
+                    cmd += ["--pretrained", str(pre)]
+                jobs.append((f"{m}-seed{s}", cmd))
+        print(f"{len(jobs)} runs of {stream.name} ({len(stream.tasks)} tasks x {a.frames_per_task} env frames), "
+              f"{a.parallel} at once", flush=True)
+        done = run_parallel(jobs, a.parallel, work / "logs", echo=lambda line: print(line, flush=True))
+        failed = [k for k, (rc, _) in done.items() if rc != 0]
+        if failed:
+            print(f"failed: {', '.join(failed)} (logs in {work / 'logs'}); comparing the others", flush=True)
+    subprocess.run(cli + ["compare", stream.name, "--methods", a.methods, "--seeds", a.seeds, "--out", a.out],
+                   check=True)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "command.txt").write_text(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) +
+                                             f"\n# total {(time.time() - t0) / 60:.1f} min\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Run benchmark jobs (``cli.py`` command lines) a few at a time, each with its own log file.
+
+Used by the benchmarks that launch many single runs (``bench_gsa.py``, ``bench_ant.py``). Two cores here:
+keep ``parallel`` at 2 with one torch thread per run (anchors.md section 6: never oversubscribe).
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def run_parallel(jobs: Sequence[tuple[str, list[str]]], parallel: int, logs: Path,
+                 echo: Callable[[str], None] = print) -> dict[str, tuple[int, float]]:
+    """Run ``(label, command)`` jobs, ``parallel`` at once, in order; returns ``{label: (exit code, wall s)}``.
+
+    A failed job is reported with its log and does not stop the others.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    pending = list(jobs)
+    running: list[tuple[str, subprocess.Popen, float]] = []
+    done: dict[str, tuple[int, float]] = {}
+    while pending or running:
+        while pending and len(running) < max(1, parallel):
+            label, cmd = pending.pop(0)
+            with open(logs / f"{label}.log", "w") as log:
+                running.append((label, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time()))
+            time.sleep(2)   # stagger MLflow run creation (sqlite)
+        time.sleep(5)
+        for item in list(running):
+            label, proc, start = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            done[label] = (proc.returncode, time.time() - start)
+            status = "ok" if proc.returncode == 0 else f"FAILED ({proc.returncode}), see {logs / (label + '.log')}"
+            echo(f"  {label}: {status} in {done[label][1] / 60:.1f} min")
+    return done

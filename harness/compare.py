@@ -101,6 +101,15 @@ def collect_runs(rep: MlflowReporter, stream: str, methods: list[str] | None = N
                            + (f" for seeds {seeds}" if seeds is not None else ""))
     excluded = [f"{r.info.run_id} ({r.data.tags['method']}, seed {r.data.tags.get('seed')}): status {r.info.status}"
                 for r in parents if r.info.status != "FINISHED" and (not methods or r.data.tags["method"] in methods)]
+    # A (method, seed) run again (after a code change, say) replaces the earlier one: only the newest counts.
+    newest: dict[tuple[str, str | None], str] = {}
+    for r in sorted(finished, key=lambda r: r.info.start_time, reverse=True):
+        key = (r.data.tags["method"], r.data.tags.get("seed"))
+        if key in newest:
+            excluded.append(f"{r.info.run_id} ({key[0]}, seed {key[1]}): superseded by the newer run {newest[key]}")
+        else:
+            newest[key] = r.info.run_id
+    finished = [r for r in finished if r.info.run_id in newest.values()]
     with tempfile.TemporaryDirectory() as tmp:
         data = [_load_run(rep.client, r, Path(tmp)) for r in finished]
     reference = Counter(d.signature for d in data).most_common(1)[0][0]

@@ -129,7 +129,10 @@ def sample_action(mu: torch.Tensor, std: float, clip: float | None, mask: torch.
     if clip is not None:
         noise = noise.clamp(-clip, clip)
     eps = 1e-6
-    return (mu + noise).clamp(-1 + eps, 1 - eps) * mask
+    x = mu + noise
+    # DrQ-v2's TruncatedNormal: the clamp is straight-through, so a sample past the bound still passes the
+    # critic's gradient to mu (a plain clamp would give it none there).
+    return (x - x.detach() + x.clamp(-1 + eps, 1 - eps).detach()) * mask
 
 
 def adam(params: Any, lr: float) -> torch.optim.Adam | None:

@@ -38,6 +38,12 @@ def test_compare_writes_table_plots_and_mlflow_run(mlflow_uri, tmp_path):
     # The comparison run itself is never taken for a method run.
     again = compare("cmp", out_dir=tmp_path / "out2")
     assert again.rows[0]["runs"] == 2
+    # Seed 1 once more: the newer run replaces the older one instead of counting twice.
+    assert not any("superseded" in e for e in again.excluded)
+    newer = _run(tmp_path, 1)
+    third = compare("cmp", out_dir=tmp_path / "out3")
+    assert third.rows[0]["runs"] == 2 and third.rows[0]["seeds"] == "0,1"
+    assert any(f"superseded by the newer run {newer.run_id}" in e for e in third.excluded), third.excluded
 
 
 def test_compare_names_methods_without_runs(mlflow_uri, tmp_path):

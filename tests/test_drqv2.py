@@ -7,7 +7,7 @@ from harness.config import RunConfig
 from harness.runner import run_stream
 from harness.streams import EvalSpec, StreamSpec, TaskSpec
 from methods.base import MethodContext, TaskContext
-from methods.drqv2 import DrQV2, DrQV2Config, random_shift
+from methods.drqv2 import DrQV2, DrQV2Config, random_shift, sample_action
 from tasks.base import EnvConfig, make_env
 from episodes import run_episode
 
@@ -19,6 +19,19 @@ def test_random_shift_moves_by_at_most_pad_and_keeps_shape():
     # every output pixel is an input pixel of the same image (replicate padding, integer shift)
     for i in range(2):
         assert set(y[i].flatten().tolist()) <= set(x[i].flatten().tolist())
+
+
+def test_sampled_actions_stay_in_bounds_and_pass_gradients_through_the_clamp():
+    # DrQ-v2's TruncatedNormal clamps straight-through: a sample past +-1 still gives mu the critic's gradient.
+    torch.manual_seed(0)
+    mu = torch.tensor([0.99, -0.99, 0.0], requires_grad=True)
+    mask = torch.tensor([1.0, 1.0, 0.0])
+    a = sample_action(mu.expand(256, 3), 1.0, 0.3, mask)
+    assert a.shape == (256, 3), f"sampled actions {tuple(a.shape)} != (256, 3)"
+    assert float(a.abs().max()) < 1.0 and bool((a[:, 2] == 0).all()), "actions leave [-1, 1] or the mask"
+    assert bool((a[:, 0].detach() > 0.99).any()), "no sample reached the bound: the clamp is not exercised"
+    a.sum().backward()
+    assert mu.grad.tolist() == [256.0, 256.0, 0.0], f"clamped samples blocked the gradient: {mu.grad.tolist()}"
 
 
 def _ctx(tmp_path, obs_type):

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.jobs import run_parallel  # noqa: E402
+from benchmarks.jobs import prepare_pretrained, run_parallel  # noqa: E402
 
 # Each learner's own name for "frames of the warm-up policy per task" (the config fields, with their prefix).
 WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
@@ -80,17 +80,11 @@ def main() -> None:
     methods, seeds = a.methods.split(","), a.seeds.split(",")
     t0 = time.time()
     if not a.compare_only:
-        data, pre = work / "data", work / "pretrained"
         data_tasks = a.data_tasks or ",".join([*dict.fromkeys(t.name for t in stream.tasks), "walker-walk", "cheetah-run"])
+        pre = work / "pretrained"
         if any(m.startswith(("gsa", "jsrl")) for m in methods):
-            if not (data / "manifest.json").is_file():
-                subprocess.run(cli + ["collect", str(data), "--tasks", data_tasks, "--episodes", str(a.episodes),
-                                      "--obs", "proprio", "--render-quality", "fast"]
-                               + (["--episode-frames", str(a.episode_frames)] if a.episode_frames else []), check=True)
-            if not (pre / "index" / "index.json").is_file():
-                subprocess.run(cli + ["pretrain", "--data", str(data), "--preset", a.preset, "--obs", "proprio",
-                                      "--steps", str(a.pretrain_steps), "--out", str(pre), "--threads",
-                                      str(a.pretrain_threads), "--build-index"], check=True)
+            _, pre = prepare_pretrained(cli, work, data_tasks, a.episodes, a.preset, a.pretrain_steps,
+                                        a.pretrain_threads, a.episode_frames)
         print(f"data + pre-training: {(time.time() - t0) / 60:.1f} min", flush=True)
         if a.prepare_only:
             return

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
-from benchmarks.jobs import run_parallel  # noqa: E402
+from benchmarks.jobs import prepare_pretrained, run_parallel  # noqa: E402
 
 
 def stream_file(task: str, frames: int, every: int, episodes: int, folder: Path) -> tuple[str, Path]:
@@ -96,19 +95,11 @@ def main() -> None:
     if a.summary_only:
         from harness.reporting import MlflowReporter
         summarize(a, tasks, methods, seeds, MlflowReporter(), earlier_walls(),
-                  {"collect_s": 0.0, "pretrain_s": 0.0, "total_s": 0.0})
+                  {"prepare_s": 0.0, "total_s": 0.0})
         return
 
-    data, pre = work / "data", work / "pretrained"
-    if not (data / "manifest.json").is_file():
-        subprocess.run(cli + ["collect", str(data), "--tasks", a.data_tasks, "--episodes", str(a.episodes), "--obs",
-                              "proprio", "--render-quality", "fast"], check=True)
-    t_collect = time.time() - t0
-    if not (pre / "index" / "index.json").is_file():
-        subprocess.run(cli + ["pretrain", "--data", str(data), "--preset", a.preset, "--obs", "proprio", "--steps",
-                              str(a.pretrain_steps), "--out", str(pre), "--threads", str(a.pretrain_threads),
-                              "--build-index"], check=True)
-    t_pretrain = time.time() - t0 - t_collect
+    data, pre = prepare_pretrained(cli, work, a.data_tasks, a.episodes, a.preset, a.pretrain_steps, a.pretrain_threads)
+    t_prepare = time.time() - t0
 
     from harness.reporting import MlflowReporter, tracking_uri
     rep = MlflowReporter()
@@ -134,8 +125,7 @@ def main() -> None:
     done = run_parallel([(f"{m}-{task}-seed{s}", cmd) for task, _, m, s, cmd in jobs], a.parallel, work / "logs",
                         echo=lambda line: print(line, flush=True))
     walls = {**earlier_walls(), **{(m, task, s): done[f"{m}-{task}-seed{s}"][1] for task, _, m, s, _ in jobs}}
-    summarize(a, tasks, methods, seeds, rep, walls, {"collect_s": t_collect, "pretrain_s": t_pretrain,
-                                                     "total_s": time.time() - t0})
+    summarize(a, tasks, methods, seeds, rep, walls, {"prepare_s": t_prepare, "total_s": time.time() - t0})
 
 
 def summarize(a, tasks, methods, seeds, rep, walls, timing) -> None:
@@ -187,8 +177,8 @@ def summarize(a, tasks, methods, seeds, rep, walls, timing) -> None:
                       f"({100 * (agg['gsa'] - agg['dreamer']) / agg['dreamer']:+.1f}%; the paper reports +102.8% at 150k samples)."]
     if walls:
         lines += ["", "Wall time per run (min): " + ", ".join(f"{m} {t} s{s}: {w / 60:.1f}" for (m, t, s), w in sorted(walls.items())),
-                  f"Collect {timing['collect_s'] / 60:.1f} min, pre-training + index {timing['pretrain_s'] / 60:.1f} min, "
-                  f"total {timing['total_s'] / 60:.1f} min."]
+                  f"This invocation: collect + pre-training + index {timing['prepare_s'] / 60:.1f} min (0 when "
+                  f"reused), total {timing['total_s'] / 60:.1f} min."]
     if a.note:
         lines += ["", a.note]
     text = "\n".join(lines)

@@ -37,3 +37,18 @@ def run_parallel(jobs: Sequence[tuple[str, list[str]]], parallel: int, logs: Pat
             status = "ok" if proc.returncode == 0 else f"FAILED ({proc.returncode}), see {logs / (label + '.log')}"
             echo(f"  {label}: {status} in {done[label][1] / 60:.1f} min")
     return done
+
+
+def prepare_pretrained(cli: list[str], work: Path, data_tasks: str, episodes: int, preset: str, steps: int,
+                       threads: int, episode_frames: int | None = None) -> tuple[Path, Path]:
+    """``collect`` proprio data into ``work/data`` and ``pretrain --build-index`` into ``work/pretrained``,
+    each skipped when its output is already there; returns (data, pretrained)."""
+    data, pre = work / "data", work / "pretrained"
+    if not (data / "manifest.json").is_file():
+        subprocess.run(cli + ["collect", str(data), "--tasks", data_tasks, "--episodes", str(episodes), "--obs",
+                              "proprio", "--render-quality", "fast"]
+                       + (["--episode-frames", str(episode_frames)] if episode_frames else []), check=True)
+    if not (pre / "index" / "index.json").is_file():
+        subprocess.run(cli + ["pretrain", "--data", str(data), "--preset", preset, "--obs", "proprio", "--steps",
+                              str(steps), "--out", str(pre), "--threads", str(threads), "--build-index"], check=True)
+    return data, pre

@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=2_000)
     ap.add_argument("--eval-episodes", type=int, default=3)
     ap.add_argument("--warmup-frames", type=int, default=1_000,
-                    help="every learner's warm-up per task (None of the presets' values fit 4k-frame tasks)")
+                    help="every learner's warm-up per task (the presets' 4k-15k would fill a 4k-frame task)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--data-tasks", default=None,
                     help="default: the stream's tasks plus walker-walk and cheetah-run (other embodiments)")

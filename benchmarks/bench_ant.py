@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.jobs import prepare_pretrained, run_parallel  # noqa: E402
+from benchmarks.jobs import prepare_pretrained, run_parallel, run_stream_command  # noqa: E402
 
 # Each learner's own name for "frames of the warm-up policy per task" (the config fields, with their prefix).
 WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
@@ -95,15 +95,11 @@ def main() -> None:
         jobs = []
         for s in seeds:
             for m in methods:
-                cmd = cli + ["run-stream", stream.name, "--method", m, "--seed", s, "--obs", "proprio",
-                             "--frames-per-task", str(a.frames_per_task), "--eval-every", str(a.eval_every),
-                             "--eval-episodes", str(a.eval_episodes), "--render-quality", "fast", "--threads", "1",
-                             "--video-frames", "0", "--runs-dir", str(work / "runs")]
-                if m != "random":
-                    cmd += ["--preset", a.preset] + [x for o in method_sets(m, a.warmup_frames, a.overrides)
-                                                     for x in ("--set", o)]
-                if m.startswith(("gsa", "jsrl")):
-                    cmd += ["--pretrained", str(pre)]
+                cmd = run_stream_command(cli, [stream.name], m, s, preset=a.preset,
+                                         sets=method_sets(m, a.warmup_frames, a.overrides), pretrained=pre,
+                                         runs_dir=work / "runs",
+                                         extra=["--frames-per-task", str(a.frames_per_task), "--eval-every",
+                                                str(a.eval_every), "--eval-episodes", str(a.eval_episodes)])
                 jobs.append((f"{m}-seed{s}", cmd))
         print(f"{len(jobs)} runs of {stream.name} ({len(stream.tasks)} tasks x {a.frames_per_task} env frames), "
               f"{a.parallel} at once", flush=True)

@@ -12,7 +12,9 @@
 4. The table: final normalised score (DMC return / 10, Meta-World success x 100) per method and task, mean
    and a 95% bootstrap CI over seeds, and the aggregate over tasks; learning curves per task.
 
-Outputs: benchmarks/results/gsa_vs_dreamer.{md,json,png}, and a summary run in MLflow.
+Outputs: benchmarks/results/<--name>.{md,json,png} (default gsa_vs_dreamer), and a summary run in MLflow.
+Ablations (the paper's Fig. 6) go to their own name, e.g.
+``--methods gsa,gsa-p-er,dreamer --name gsa_ablation``.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
-from benchmarks.jobs import prepare_pretrained, run_parallel  # noqa: E402
+from benchmarks.jobs import prepare_pretrained, run_parallel, run_stream_command  # noqa: E402
 
 
 def stream_file(task: str, frames: int, every: int, episodes: int, folder: Path) -> tuple[str, Path]:
@@ -56,9 +58,9 @@ def bootstrap_ci(x, reps: int = 5000, seed: int = 0) -> tuple[float, float]:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def earlier_walls() -> dict[tuple[str, str, int], float]:
+def earlier_walls(name: str) -> dict[tuple[str, str, int], float]:
     """Wall times of runs made by earlier invocations (the summary covers their runs too)."""
-    path = OUT / "gsa_vs_dreamer.json"
+    path = OUT / f"{name}.json"
     if not path.is_file():
         return {}
     walls = json.loads(path.read_text()).get("walls", {})
@@ -81,6 +83,7 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "gsa"))
+    ap.add_argument("--name", default="gsa_vs_dreamer", help="output files benchmarks/results/NAME.{md,json,png}")
     ap.add_argument("--summary-only", action="store_true", help="only summarise the runs already in MLflow")
     ap.add_argument("--note", default="", help="a line appended to the summary (e.g. how the runs were made)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -94,7 +97,7 @@ def main() -> None:
     t0 = time.time()
     if a.summary_only:
         from harness.reporting import MlflowReporter
-        summarize(a, tasks, methods, seeds, MlflowReporter(), earlier_walls(),
+        summarize(a, tasks, methods, seeds, MlflowReporter(), earlier_walls(a.name),
                   {"prepare_s": 0.0, "total_s": 0.0})
         return
 
@@ -113,18 +116,14 @@ def main() -> None:
         for task in tasks:
             name, path = streams[task]
             for m in methods:
-                cmd = cli + ["run-stream", "--stream-file", str(path), "--method", m, "--seed", str(s), "--obs", "proprio",
-                             "--render-quality", "fast", "--threads", "1", "--video-frames", "0",
-                             "--checkpoint-every", str(10**9), "--runs-dir", str(work / "runs")]
-                if m != "random":
-                    cmd += ["--preset", a.preset] + [x for o in method_overrides(m, a.overrides) for x in ("--set", o)]
-                if m.startswith(("gsa", "jsrl")):
-                    cmd += ["--pretrained", str(pre)]
+                cmd = run_stream_command(cli, ["--stream-file", str(path)], m, s, preset=a.preset,
+                                         sets=method_overrides(m, a.overrides), pretrained=pre,
+                                         runs_dir=work / "runs", extra=["--checkpoint-every", str(10**9)])
                 jobs.append((task, name, m, s, cmd))
     print(f"{len(jobs)} runs, {a.parallel} at once; MLflow store {tracking_uri()}", flush=True)
     done = run_parallel([(f"{m}-{task}-seed{s}", cmd) for task, _, m, s, cmd in jobs], a.parallel, work / "logs",
                         echo=lambda line: print(line, flush=True))
-    walls = {**earlier_walls(), **{(m, task, s): done[f"{m}-{task}-seed{s}"][1] for task, _, m, s, _ in jobs}}
+    walls = {**earlier_walls(a.name), **{(m, task, s): done[f"{m}-{task}-seed{s}"][1] for task, _, m, s, _ in jobs}}
     summarize(a, tasks, methods, seeds, rep, walls, {"prepare_s": t_prepare, "total_s": time.time() - t0})
 
 
@@ -206,18 +205,18 @@ def summarize(a, tasks, methods, seeds, rep, walls, timing) -> None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"GSA vs Dreamer vs random, {a.preset}, proprio, mean and min-max over seeds")
     fig.tight_layout()
-    png = OUT / "gsa_vs_dreamer.png"
+    png = OUT / f"{a.name}.png"
     fig.savefig(png)
     plt.close(fig)
-    (OUT / "gsa_vs_dreamer.md").write_text(text + "\n")
+    (OUT / f"{a.name}.md").write_text(text + "\n")
     payload = {"args": vars(a), "finals": {f"{m}|{t}": v for (m, t), v in finals.items()},
                "curves": {f"{m}|{t}": v for (m, t), v in curves.items()}, "timing": timing,
                "walls": {f"{m}|{t}|{s}": w for (m, t, s), w in walls.items()}}
-    (OUT / "gsa_vs_dreamer.json").write_text(json.dumps(payload, indent=1))
-    rep.start("bench/gsa", f"gsa-vs-dreamer-{a.preset}", {"benchmark": "bench_gsa"},
+    (OUT / f"{a.name}.json").write_text(json.dumps(payload, indent=1))
+    rep.start("bench/gsa", f"{a.name.replace('_', '-')}-{a.preset}", {"benchmark": "bench_gsa"},
               {"tasks": a.tasks, "frames": str(a.frames), "seeds": a.seeds, "overrides": " ".join(a.overrides)})
     rep.log_metrics({f"final/{m}": v for m, v in agg.items()}, a.frames)
-    for p in (png, OUT / "gsa_vs_dreamer.md", OUT / "gsa_vs_dreamer.json"):
+    for p in (png, OUT / f"{a.name}.md", OUT / f"{a.name}.json"):
         rep.log_artifact(p)
     rep.close("FINISHED")
     print(f"\nwrote {png} (+ .md, .json)")

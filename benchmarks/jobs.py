@@ -52,3 +52,18 @@ def prepare_pretrained(cli: list[str], work: Path, data_tasks: str, episodes: in
         subprocess.run(cli + ["pretrain", "--data", str(data), "--preset", preset, "--obs", "proprio", "--steps",
                               str(steps), "--out", str(pre), "--threads", str(threads), "--build-index"], check=True)
     return data, pre
+
+
+def run_stream_command(cli: list[str], stream: list[str], method: str, seed: int | str, *, preset: str,
+                       sets: Sequence[str], pretrained: Path, runs_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    """One benchmark run: ``cli.py run-stream`` with proprio observations, fast rendering, no videos and one
+    torch thread; ``stream`` is the stream's name or ``["--stream-file", PATH]``. ``random`` takes no preset or
+    ``--set``; gsa and jsrl-bc get ``--pretrained``."""
+    cmd = cli + ["run-stream", *stream, "--method", method, "--seed", str(seed), "--obs", "proprio",
+                 "--render-quality", "fast", "--threads", "1", "--video-frames", "0", "--runs-dir", str(runs_dir),
+                 *extra]
+    if method != "random":
+        cmd += ["--preset", preset] + [x for o in sets for x in ("--set", o)]
+    if method.startswith(("gsa", "jsrl")):
+        cmd += ["--pretrained", str(pretrained)]
+    return cmd

@@ -105,6 +105,11 @@ def test_gsa_stream_logs_retrieval_bc_and_guidance_to_mlflow(mlflow_uri, pretrai
         assert got["count"] == len(got["trajectories"]) == n and sum(got["by_policy"].values()) == n
     # The rehearsal rows did enter world-model batches after warm-up.
     assert children["1-reach-v3"].data.metrics["task_end/grad_updates"] > 0
+    # The diagnostic of benchmarks/diag_bc_prior.py: the checkpoint's π_bc (the last task's) acting alone.
+    from benchmarks.diag_bc_prior import diagnose
+    d = diagnose(str(res.run_dir), episodes=1)
+    assert (d["task"], d["retrieved"], d["method"]) == ("reach-v3", 2, "gsa")
+    assert 0 <= d["prior"]["score"] <= 100 and 0 <= d["random"]["score"] <= 100 and np.isfinite(d["prior"]["return"])
 
 
 # ----------------------------------------------------------------------------- the pieces

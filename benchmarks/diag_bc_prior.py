@@ -1,0 +1,129 @@
+"""Diagnostic: how good is a GSA run's behaviour-cloning prior π_bc when it acts alone?
+
+    .venv/bin/python benchmarks/diag_bc_prior.py RUN_ID [RUN_ID ...] [--episodes 10]
+
+For each finished or stopped GSA run (an MLflow run id, or its checkpoint directory) this loads π_bc from the
+run's checkpoint (the prior of the task the checkpoint was at, trained on what was retrieved for it) and
+evaluates it alone on that task, next to ``random`` on the same evaluation episodes (``harness.evaluation``:
+same env seeds). Execution guidance can only help when π_bc is better than the exploration it replaces;
+this says whether it is. Nothing is written to MLflow; the table is printed (and saved with ``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def run_dir_of(ref: str) -> Path:
+    from harness.errors import HarnessError
+    if Path(ref).is_dir():
+        return Path(ref)
+    from harness.reporting import MlflowReporter
+    try:
+        run = MlflowReporter().client.get_run(ref)
+    except Exception:
+        raise HarnessError(f"{ref!r} is neither a run directory nor an MLflow run id") from None
+    return Path(run.data.tags["checkpoint_dir"])
+
+
+class PriorActor:
+    """π_bc as an evaluation policy: batched over episodes, with its own frame stack for pixels."""
+
+    def __init__(self, bc, frame_stack: int, device: str):
+        self.bc, self.k, self.device, self.stacks = bc, frame_stack, device, None
+
+    def act(self, obs, state, task, explore):
+        import numpy as np
+        import torch
+        o = {}
+        if "pixels" in obs:
+            px = np.asarray(obs["pixels"])
+            if self.stacks is None or len(self.stacks) != len(px):
+                self.stacks = [[f] * self.k for f in px]
+            self.stacks = [[f] * self.k if first else (s + [f])[1:]
+                           for s, f, first in zip(self.stacks, px, obs["is_first"])]
+            o["pixels"] = torch.as_tensor(np.stack([np.concatenate(s, 0) for s in self.stacks]), device=self.device)
+        if "proprio" in obs:
+            o["proprio"] = torch.as_tensor(np.asarray(obs["proprio"]), device=self.device)
+        with torch.inference_mode():
+            a = self.bc(o).float().cpu().numpy()
+        return (a * np.asarray(task.action_mask, np.float32)[None]).astype(np.float32), state
+
+
+def diagnose(ref: str, episodes: int) -> dict:
+    import torch
+    from harness import checkpoint
+    from harness.config import RunConfig
+    from harness.errors import HarnessError
+    from harness.evaluation import evaluate
+    from harness.runner import _obs_spec
+    from methods import METHODS
+    from methods.base import MethodContext, TaskContext, resolve_config
+    from methods.gsa.bc import BCPolicy
+    from methods.random_policy import RandomConfig, RandomMethod
+    from tasks.catalog import TASKS
+    run_dir = run_dir_of(ref)
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    state = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)["method"]
+    if not isinstance(state, dict) or "bc" not in state:
+        raise HarnessError(f"run {ref} ({cfg.method}) has no behaviour-cloning prior: not a GSA run")
+    if state["bc"] is None:
+        raise HarnessError(f"run {ref} ({cfg.method}) trained no π_bc (guidance off, or stopped before its first task)")
+    method_cfg = resolve_config(METHODS.load(cfg.method), cfg.method, cfg.preset, dict(cfg.overrides))
+    spec = _obs_spec(cfg.env)
+    bc = BCPolicy(method_cfg.bc, spec, int(cfg.env.action_pad_dim))
+    bc.load_state_dict(state["bc"])
+    bc.eval()
+    t = state["task"]
+    info = TASKS.get(t["name"])
+    task = TaskContext(t["index"], t["name"], t["embodiment"], t["suite"], t["frames"],
+                       torch.tensor(t["action_mask"]).numpy(), t["action_repeat"])
+    prior = evaluate(PriorActor(bc, method_cfg.bc.frame_stack, "cpu"), task, info, cfg.env, episodes, cfg.seed)
+    ctx = MethodContext(task_names=(info.name,), obs_spec=spec, action_dim=int(cfg.env.action_pad_dim),
+                        seed=cfg.seed, device="cpu", workdir=run_dir, log_json=None)
+    rand = evaluate(RandomMethod(RandomConfig(), ctx), task, info, cfg.env, episodes, cfg.seed)
+    return {"run": ref, "method": cfg.method, "seed": cfg.seed, "task": info.name, "bc_loss": state["bc_loss"],
+            "retrieved": len(state["retrieved_uids"]), "episodes": episodes,
+            "prior": {"score": prior.score, "return": prior.mean_return, "success": prior.success_rate},
+            "random": {"score": rand.score, "return": rand.mean_return, "success": rand.success_rate}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="MLflow run ids or checkpoint directories of GSA runs")
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="also write the table (.md) and the numbers (.json) here")
+    a = ap.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import torch
+    torch.set_num_threads(a.threads)
+    from harness.errors import HarnessError
+    try:
+        rows = [diagnose(r, a.episodes) for r in a.runs]
+    except HarnessError as exc:
+        sys.exit(f"error: {exc}")
+    lines = [f"π_bc alone vs random, {a.episodes} evaluation episodes each (same env seeds); score 0-100 "
+             "(DMC return/10, Meta-World success x 100)", "",
+             "| run | method | seed | task | retrieved | bc loss | π_bc score | random score |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run'][:8]} | {r['method']} | {r['seed']} | {r['task']} | {r['retrieved']} | "
+                     f"{r['bc_loss']:.3f} | {r['prior']['score']:.1f} | {r['random']['score']:.1f} |")
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(text + "\n")
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

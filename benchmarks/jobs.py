@@ -44,7 +44,15 @@ def prepare_pretrained(cli: list[str], work: Path, data_tasks: str, episodes: in
     """``collect`` proprio data into ``work/data`` and ``pretrain --build-index`` into ``work/pretrained``,
     each skipped when its output is already there; returns (data, pretrained)."""
     data, pre = work / "data", work / "pretrained"
-    if not (data / "manifest.json").is_file():
+    if (data / "manifest.json").is_file():   # reused: it must hold the tasks asked for, no more, no fewer
+        from harness.offline import open_dataset
+        ds = open_dataset(data, ["proprio"])
+        have = sorted({m.task for m in ds.episodes})
+        ds.close()
+        if have != sorted(data_tasks.split(",")):
+            raise SystemExit(f"{data} holds data of {','.join(have)}, not of the --data-tasks asked for "
+                             f"({data_tasks}); pass those --data-tasks, or another --workdir")
+    else:
         subprocess.run(cli + ["collect", str(data), "--tasks", data_tasks, "--episodes", str(episodes), "--obs",
                               "proprio", "--render-quality", "fast"]
                        + (["--episode-frames", str(episode_frames)] if episode_frames else []), check=True)

@@ -174,6 +174,23 @@ class EpisodeReplay:
             raise ValueError(f"replay {saved_dir}: reloaded {self.size} steps, the checkpoint recorded {state['steps']}")
 
 
+class ReplayUnion:
+    """Several replays as one source, sequences uniform over all their steps (each within one replay)."""
+
+    def __init__(self, replays: Sequence[SequenceSource]):
+        self.replays = list(replays)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.replays)
+
+    def sample(self, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        sizes = np.array([len(r) for r in self.replays], float)
+        counts = np.bincount(rng.choice(len(self.replays), size=batch, p=sizes / sizes.sum()),
+                             minlength=len(self.replays))
+        parts = [r.sample(int(n), length, rng) for r, n in zip(self.replays, counts) if n > 0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 class MixedSampler:
     """Batches drawn from several sources at fixed fractions, rows labelled by ``source`` (int, (B,)).
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.replay import EpisodeReplay, MixedSampler, SequenceSource
+from harness.errors import HarnessError
+from harness.replay import EpisodeReplay, MixedSampler, ReplayUnion, SequenceSource
 from methods.backbone.actor_critic import ActorCritic
 from methods.backbone.checkpoint import check_compatible, describe, load_module
 from methods.backbone.config import (DEBUG_AC, DEBUG_MODEL, SMALL_AC, SMALL_MODEL, TINY_AC, TINY_MODEL,
@@ -38,8 +39,18 @@ class DreamerConfig:
     warmup_min_episodes: int = 5        # ncrl: at least 5 warm-up episodes
     imag_starts: int = 0                # imagination starts per update: 0 = every posterior state of the
                                         # batch (DreamerV3, ncrl); fewer = a random subset (cheaper)
-    reset_replay_each_task: bool = True  # from scratch per task: each task gets a fresh replay
+    reset_replay_each_task: bool = True  # True: each task starts with an empty replay. False (continual):
+                                         # earlier tasks' replays are kept (see past_fraction)
+    past_fraction: float = 0.25         # continual: share of every world-model batch drawn from earlier tasks'
+                                        # replays. Their rows train the world model and start imagination but
+                                        # never the reward head: their rewards belong to other tasks. Ours: the
+                                        # paper keeps all previous experience (Sec. 4.2) without saying how it
+                                        # is mixed; 0.25 is Table 5's offline mix ratio
     compile: bool = False               # torch.compile the RSSM step (see benchmarks/bench_backbone_speed.py)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.past_fraction < 1.0:
+            raise HarnessError(f"past_fraction must be in [0, 1), got {self.past_fraction}")
 
     @property
     def updates_per_agent_step(self) -> float:
@@ -81,7 +92,9 @@ class Dreamer:
             self.wm.rssm._recur = torch.compile(self.wm.rssm._recur, dynamic=False)  # type: ignore[method-assign]
         self.rng = np.random.default_rng(ctx.seed)
         self.obs_keys = tuple(self.wm.obs_shapes)
-        self.replay: EpisodeReplay | None = None
+        self.replay: EpisodeReplay | None = None      # the current task's online experience
+        self.past: list[EpisodeReplay] = []           # earlier tasks' (reset_replay_each_task=False)
+        self._source_of: dict[str, int] = {}          # "past"/"rehearsal" -> its ``source`` label
         self.task_index = -1
         self.mask = torch.ones(ctx.action_dim, device=self.device)
         self.mask_np = np.ones(ctx.action_dim, np.float32)
@@ -110,15 +123,17 @@ class Dreamer:
         self.task_index = task.index
         self.task_agent_steps = self.task_episodes = self._counted_steps = 0
         self._credit = 0.0
-        if self.replay is None or self.cfg.reset_replay_each_task:
-            directory = self._replay_dir(task.index)
-            if directory.exists():
-                shutil.rmtree(directory)  # left over from a run that crashed after its last checkpoint
-            self.replay = EpisodeReplay(directory)
+        if self.replay is not None and not self.cfg.reset_replay_each_task:
+            self.past.append(self.replay)
+        directory = self._replay_dir(task.index)
+        if directory.exists():
+            shutil.rmtree(directory)  # left over from a run that crashed after its last checkpoint
+        self.replay = EpisodeReplay(directory)
 
     def on_task_end(self, task: TaskContext) -> dict[str, float]:
         return {"grad_updates": float(self.grad_updates), "agent_steps": float(self.agent_steps),
-                "replay_steps": float(len(self.replay) if self.replay else 0)}
+                "replay_steps": float(len(self.replay) if self.replay else 0),
+                "past_replay_steps": float(sum(len(r) for r in self.past))}
 
     @property
     def warming_up(self) -> bool:
@@ -173,15 +188,33 @@ class Dreamer:
         out["train/grad_updates"] = float(self.grad_updates)
         return out
 
+    def sources(self) -> list[tuple[Any, float]]:
+        """What world-model batches are drawn from, in ``source`` order: the current task's replay (0: the
+        only rows the reward head learns from), earlier tasks' replays (``past_fraction``, continual
+        streams) and GSA's rehearsal data (``rehearsal_fraction``)."""
+        assert self.replay is not None
+        past = [r for r in self.past if len(r) >= self.cfg.seq_len]
+        p = self.cfg.past_fraction if past else 0.0
+        f = self.rehearsal_fraction if self.rehearsal is not None else 0.0
+        out: list[tuple[Any, float]] = [(self.replay, 1.0 - p - f)]
+        self._source_of = {}
+        if p > 0:
+            self._source_of["past"] = len(out)
+            out.append((ReplayUnion(past), p))
+        if f > 0:
+            self._source_of["rehearsal"] = len(out)
+            out.append((self.rehearsal, f))
+        return out
+
     def sample_batch(self) -> dict[str, np.ndarray]:
-        """A (batch, seq_len) batch of the online replay, or of replay and rehearsal data mixed (with a
-        ``source`` column: 0 online, 1 rehearsal)."""
+        """A (batch, seq_len) batch: of the current task's replay alone, or of the ``sources()`` mixed, with
+        a ``source`` column (0: the current task's rows)."""
         assert self.replay is not None
         c = self.cfg
-        if self.rehearsal is None or self.rehearsal_fraction <= 0:
+        sources = self.sources()
+        if len(sources) == 1:
             return self.replay.sample(c.batch_size, c.seq_len, self.rng)
-        f = self.rehearsal_fraction
-        return MixedSampler([(self.replay, 1.0 - f), (self.rehearsal, f)]).sample(c.batch_size, c.seq_len, self.rng)
+        return MixedSampler(sources).sample(c.batch_size, c.seq_len, self.rng)
 
     def train_step(self) -> dict[str, float]:
         """One world-model update and one actor-critic update on a replay (or mixed) batch. The actor-critic
@@ -193,7 +226,8 @@ class Dreamer:
         reward_mask = None if source is None else torch.as_tensor(source == 0, device=self.device)
         wm_loss, metrics, post = self.wm.loss(batch, reward_mask=reward_mask)
         if source is not None:
-            metrics["wm/rehearsal_rows"] = torch.tensor(float((source != 0).sum()))
+            for name, i in self._source_of.items():   # wm/rehearsal_rows, wm/past_rows
+                metrics[f"wm/{name}_rows"] = torch.tensor(float((source == i).sum()))
         metrics["wm/grad_norm"] = torch.tensor(self.wm_opt.step(wm_loss)["grad_norm"])
         n = c.batch_size * c.seq_len
         start = {k: v.detach().reshape(n, *v.shape[2:]) for k, v in post.items()}
@@ -215,8 +249,8 @@ class Dreamer:
         return {"meta": self._meta(), "world_model": self.wm.state_dict(), "actor_critic": self.ac.state_dict(),
                 "wm_opt": self.wm_opt.state_dict(), "ac_opt": self.ac.optim_state_dict(),
                 "replay": self.replay.state_dict() if self.replay is not None else None,
-                "replay_dir": (str(self.replay.directory.relative_to(self.ctx.workdir))
-                               if self.replay is not None and self.replay.directory is not None else None),
+                "replay_dir": self._rel(self.replay),
+                "past_replays": [{"dir": self._rel(r), "state": r.state_dict()} for r in self.past],
                 "task_index": self.task_index, "action_mask": [float(x) for x in self.mask_np],
                 "action_repeat": self.action_repeat, "agent_steps": self.agent_steps, "grad_updates": self.grad_updates,
                 "task_agent_steps": self.task_agent_steps, "task_episodes": self.task_episodes,
@@ -242,6 +276,15 @@ class Dreamer:
         if state["replay"] is not None and state.get("replay_dir"):
             self.replay = EpisodeReplay(self.ctx.workdir / state["replay_dir"])
             self.replay.load_state_dict(state["replay"])  # the unfinished episode was not saved
+        self.past = []
+        for r in state.get("past_replays", []):
+            self.past.append(EpisodeReplay(self.ctx.workdir / r["dir"]))
+            self.past[-1].load_state_dict(r["state"])
+
+    def _rel(self, replay: EpisodeReplay | None) -> str | None:
+        if replay is None or replay.directory is None:
+            return None
+        return str(replay.directory.relative_to(self.ctx.workdir))
 
 
 SPEC = MethodSpec(DreamerConfig, Dreamer, presets=PRESETS, default_preset="paper")

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import checkpoint
 from harness.config import RunConfig
+from harness.errors import HarnessError
 from harness.runner import NonFiniteLossError, run_stream
 from harness.streams import EvalSpec, StreamSpec, TaskSpec
 from methods import METHODS
@@ -108,3 +109,35 @@ def test_config_defaults_are_the_papers():
     assert (ac.horizon, ac.gamma, ac.lam, ac.entropy, ac.slow_critic_fraction) == (16, 0.99, 0.95, 1e-4, 0.02)
     assert (ac.actor_lr, ac.critic_lr, cfg.model.lr, cfg.model.eps, cfg.model.grad_clip) == (8e-5, 8e-5, 1e-4, 1e-5, 100.0)
     assert (cfg.model.stoch, cfg.model.classes, cfg.model.blocks, cfg.model.cnn_depth) == (32, 96, 8, 96)
+
+
+def test_continual_replay_keeps_earlier_tasks_for_the_world_model_but_not_the_reward_head(mlflow_uri, tmp_path):
+    """reset_replay_each_task=False (GSA's continual setting): task 0's replay is kept, restored from the
+    checkpoint, fills past_fraction of each batch, and its rows (rewards of another task) get no reward loss."""
+    from harness.runner import _obs_spec, prepare
+    cfg = _cfg(tmp_path, overrides=(("reset_replay_each_task", "False"),))
+    res = run_stream(cfg, echo=lambda *_: None)
+    state = checkpoint.load(res.run_dir / checkpoint.CHECKPOINT_FILE)["method"]
+    assert [r["dir"] for r in state["past_replays"]] == ["replay/task000"]
+    cfg, infos, spec, mcfg = prepare(cfg)
+    ctx = MethodContext(("cartpole-balance", "reacher-easy"), _obs_spec(cfg.env), int(cfg.env.action_pad_dim), 1,
+                        "cpu", res.run_dir / "method")
+    d = spec.build(mcfg, ctx)
+    d.load_state_dict(state)
+    assert len(d.past) == 1 and len(d.past[0]) == len(d.replay) == 3 * 101   # 3 episodes of 100 agent steps each
+    batch = d.sample_batch()
+    past = batch["source"] == 1
+    assert batch["source"].shape == (4,) and past.sum() == 1            # debug batch 4 x 0.25
+    # The past row is cartpole's (5-d state zero-padded to reacher's 6), the others reacher's.
+    assert not batch["proprio"][past][..., 5].any() and batch["proprio"][~past][..., 5].any()
+    seen = {}
+    loss = d.wm.loss
+
+    def spy(b, **kw):
+        seen["mask"] = kw["reward_mask"].cpu().numpy().copy()
+        return loss(b, **kw)
+    d.wm.loss = spy
+    metrics = d.train_step()
+    assert seen["mask"].tolist().count(True) == 3 and metrics["wm/past_rows"] == 1.0
+    with pytest.raises(HarnessError, match="past_fraction"):
+        DreamerConfig(past_fraction=1.0)

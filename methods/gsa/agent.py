@@ -47,7 +47,8 @@ from methods.gsa.guidance import GuidanceSchedule, schedule_for
 
 
 def _agent(preset: str) -> DreamerConfig:
-    # Continual (Section 4.2): one replay for the whole stream, so earlier tasks' experience is kept.
+    # Continual (Section 4.2): earlier tasks' experience is kept; it trains the world model (past_fraction of
+    # every batch) but never the reward head.
     return DreamerConfig(**DREAMER_PRESETS[preset], reset_replay_each_task=False)
 
 
@@ -123,8 +124,9 @@ def setup(cfg: GSAConfig, infos: list[Any], env: Any, method: str = "gsa") -> An
     from methods.gsa.retrieval import Retriever
     if not cfg.pretrained:
         raise missing_pretrained(method, infos, env.obs_type)
-    if not 0.0 <= cfg.offline_fraction < 1.0:
-        raise HarnessError(f"offline_fraction must be in [0, 1), got {cfg.offline_fraction}")
+    if not 0.0 <= cfg.offline_fraction < 1.0 or cfg.offline_fraction + cfg.agent.past_fraction >= 1.0:
+        raise HarnessError(f"offline_fraction must be in [0, 1) and leave the current task rows next to "
+                           f"agent.past_fraction={cfg.agent.past_fraction}; got {cfg.offline_fraction}")
     if not 0.0 <= cfg.guidance_prob_end <= 1.0:
         raise HarnessError(f"guidance_prob_end must be in [0, 1], got {cfg.guidance_prob_end}")
     if cfg.retrieval_filter not in ("embodiment", "action-mask"):

@@ -17,6 +17,11 @@
 ``--warmup-frames`` sets every learner's own warm-up field to one value (dreamer/gsa ``warmup_env_frames``,
 drqv2/packnet ``seed_frames``), so that short budgets are not all warm-up; the compare table names the
 budget, and the command line is written beside it.
+
+``--guidance-share`` scales gsa's guidance schedule with the shortened task, as the paper proportions it: its
+DMC schedule decays over 50k agent steps (Table 5) of a 300k-frame Ant task (150k agent steps at action
+repeat 2), a third of the task. The ``tiny`` preset's fixed 6k agent steps would be three times a 4k-frame
+task (2k agent steps), so that the BC probability never fell below 0.67 within a task.
 """
 from __future__ import annotations
 
@@ -38,12 +43,21 @@ WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
                  "drqv2": ["seed_frames"], "packnet": ["base_config.seed_frames"]}
 
 
-def method_sets(method: str, warmup_frames: int | None, extra: list[str]) -> list[str]:
-    """The ``--set`` values of one method: the warm-up in its own field names, then ``METHOD:KEY=VALUE`` ones."""
+# The paper's guidance schedule as a share of an Ant task: 50k agent steps (Table 5) of 300k env frames at
+# action repeat 2 (Section 4.2).
+PAPER_GUIDANCE_SHARE = 50_000 / (300_000 / 2)
+
+
+def method_sets(method: str, warmup_frames: int | None, extra: list[str],
+                guidance_agent_steps: int | None = None) -> list[str]:
+    """The ``--set`` values of one method: the warm-up in its own field names, gsa's guidance schedule length,
+    then the ``METHOD:KEY=VALUE`` ones (last, so they win)."""
     out = []
     if warmup_frames is not None:
         for f in WARMUP_FIELDS.get(method.split("-")[0], []):
             out.append(f if "=" in f else f"{f}={warmup_frames}")
+    if guidance_agent_steps is not None and method.startswith("gsa"):
+        out.append(f"guidance_dmc_agent_steps={guidance_agent_steps}")
     out += [o.split(":", 1)[1] for o in extra if o.split(":", 1)[0] == method]
     return out
 
@@ -58,6 +72,9 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=3)
     ap.add_argument("--warmup-frames", type=int, default=1_000,
                     help="every learner's warm-up per task (the presets' 4k-15k would fill a 4k-frame task)")
+    ap.add_argument("--guidance-share", type=float, default=PAPER_GUIDANCE_SHARE,
+                    help="gsa's guidance schedule as a share of a task's agent steps (default: the paper's 1/3); "
+                         "0 keeps the preset's fixed length")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--data-tasks", default=None,
                     help="default: the stream's tasks (paper Sec. 4.2: pre-training on the Ant domain only)")
@@ -93,11 +110,15 @@ def main() -> None:
         rep = MlflowReporter()
         if rep.client.get_experiment_by_name(f"stream/{stream.name}") is None:
             rep.client.create_experiment(f"stream/{stream.name}")   # here: parallel children would race (sqlite)
+        from tasks.base import EnvConfig
+        guidance_steps = (max(1, round(a.frames_per_task / EnvConfig().action_repeat * a.guidance_share))
+                          if a.guidance_share > 0 else None)
         jobs = []
         for s in seeds:
             for m in methods:
                 cmd = run_stream_command(cli, [stream.name], m, s, preset=a.preset,
-                                         sets=method_sets(m, a.warmup_frames, a.overrides), pretrained=pre,
+                                         sets=method_sets(m, a.warmup_frames, a.overrides, guidance_steps),
+                                         pretrained=pre,
                                          runs_dir=work / "runs",
                                          extra=["--frames-per-task", str(a.frames_per_task), "--eval-every",
                                                 str(a.eval_every), "--eval-episodes", str(a.eval_episodes)])
@@ -108,8 +129,10 @@ def main() -> None:
         failed = [k for k, (rc, _) in done.items() if rc != 0]
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {work / 'logs'}); comparing the others", flush=True)
-    subprocess.run(cli + ["compare", stream.name, "--methods", a.methods, "--seeds", a.seeds, "--out", a.out],
-                   check=True)
+    rc = subprocess.run(cli + ["compare", stream.name, "--methods", a.methods, "--seeds", a.seeds,
+                               "--out", a.out]).returncode
+    if rc != 0:      # compare has said what is missing; the runs stay in MLflow for --compare-only
+        raise SystemExit(rc)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "command.txt").write_text(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) +
                                              f"\n# total {(time.time() - t0) / 60:.1f} min\n")

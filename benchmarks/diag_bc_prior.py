@@ -32,30 +32,6 @@ def run_dir_of(ref: str) -> Path:
     return Path(run.data.tags["checkpoint_dir"])
 
 
-class PriorActor:
-    """π_bc as an evaluation policy: batched over episodes, with its own frame stack for pixels."""
-
-    def __init__(self, bc, frame_stack: int, device: str):
-        self.bc, self.k, self.device, self.stacks = bc, frame_stack, device, None
-
-    def act(self, obs, state, task, explore):
-        import numpy as np
-        import torch
-        o = {}
-        if "pixels" in obs:
-            px = np.asarray(obs["pixels"])
-            if self.stacks is None or len(self.stacks) != len(px):
-                self.stacks = [[f] * self.k for f in px]
-            self.stacks = [[f] * self.k if first else (s + [f])[1:]
-                           for s, f, first in zip(self.stacks, px, obs["is_first"])]
-            o["pixels"] = torch.as_tensor(np.stack([np.concatenate(s, 0) for s in self.stacks]), device=self.device)
-        if "proprio" in obs:
-            o["proprio"] = torch.as_tensor(np.asarray(obs["proprio"]), device=self.device)
-        with torch.inference_mode():
-            a = self.bc(o).float().cpu().numpy()
-        return (a * np.asarray(task.action_mask, np.float32)[None]).astype(np.float32), state
-
-
 def diagnose(ref: str, episodes: int) -> dict:
     import torch
     from harness import checkpoint
@@ -65,7 +41,7 @@ def diagnose(ref: str, episodes: int) -> dict:
     from harness.runner import _obs_spec
     from methods import METHODS
     from methods.base import MethodContext, TaskContext, resolve_config
-    from methods.gsa.bc import BCPolicy
+    from methods.gsa.bc import BCPolicy, PriorActor
     from methods.random_policy import RandomConfig, RandomMethod
     from tasks.catalog import TASKS
     run_dir = run_dir_of(ref)
@@ -84,7 +60,7 @@ def diagnose(ref: str, episodes: int) -> dict:
     info = TASKS.get(t["name"])
     task = TaskContext(t["index"], t["name"], t["embodiment"], t["suite"], t["frames"],
                        torch.tensor(t["action_mask"]).numpy(), t["action_repeat"])
-    prior = evaluate(PriorActor(bc, method_cfg.bc.frame_stack, "cpu"), task, info, cfg.env, episodes, cfg.seed)
+    prior = evaluate(PriorActor(bc), task, info, cfg.env, episodes, cfg.seed)
     ctx = MethodContext(task_names=(info.name,), obs_spec=spec, action_dim=int(cfg.env.action_pad_dim),
                         seed=cfg.seed, device="cpu", workdir=run_dir, log_json=None)
     rand = evaluate(RandomMethod(RandomConfig(), ctx), task, info, cfg.env, episodes, cfg.seed)

@@ -94,7 +94,6 @@ class Dreamer:
         self.obs_keys = tuple(self.wm.obs_shapes)
         self.replay: EpisodeReplay | None = None      # the current task's online experience
         self.past: list[EpisodeReplay] = []           # earlier tasks' (reset_replay_each_task=False)
-        self._source_of: dict[str, int] = {}          # "past"/"rehearsal" -> its ``source`` label
         self.task_index = -1
         self.mask = torch.ones(ctx.action_dim, device=self.device)
         self.mask_np = np.ones(ctx.action_dim, np.float32)
@@ -188,45 +187,44 @@ class Dreamer:
         out["train/grad_updates"] = float(self.grad_updates)
         return out
 
-    def sources(self) -> list[tuple[Any, float]]:
-        """What world-model batches are drawn from, in ``source`` order: the current task's replay (0: the
-        only rows the reward head learns from), earlier tasks' replays (``past_fraction``, continual
-        streams) and GSA's rehearsal data (``rehearsal_fraction``)."""
+    def sources(self) -> list[tuple[str, Any, float]]:
+        """What world-model batches are drawn from, as ``(name, source, fraction)`` in ``source``-label order:
+        the current task's replay ("online", label 0: the only rows the reward head learns from), earlier
+        tasks' replays ("past", ``past_fraction``, continual streams) and GSA's rehearsal data ("rehearsal",
+        ``rehearsal_fraction``)."""
         assert self.replay is not None
         past = [r for r in self.past if len(r) >= self.cfg.seq_len]
         p = self.cfg.past_fraction if past else 0.0
         f = self.rehearsal_fraction if self.rehearsal is not None else 0.0
-        out: list[tuple[Any, float]] = [(self.replay, 1.0 - p - f)]
-        self._source_of = {}
+        out: list[tuple[str, Any, float]] = [("online", self.replay, 1.0 - p - f)]
         if p > 0:
-            self._source_of["past"] = len(out)
-            out.append((ReplayUnion(past), p))
+            out.append(("past", ReplayUnion(past), p))
         if f > 0:
-            self._source_of["rehearsal"] = len(out)
-            out.append((self.rehearsal, f))
+            out.append(("rehearsal", self.rehearsal, f))
         return out
 
-    def sample_batch(self) -> dict[str, np.ndarray]:
-        """A (batch, seq_len) batch: of the current task's replay alone, or of the ``sources()`` mixed, with
-        a ``source`` column (0: the current task's rows)."""
+    def sample_batch(self, sources: list[tuple[str, Any, float]] | None = None) -> dict[str, np.ndarray]:
+        """A (batch, seq_len) batch: of the current task's replay alone, or of ``sources`` (default:
+        ``sources()``) mixed, with a ``source`` column (0: the current task's rows)."""
         assert self.replay is not None
         c = self.cfg
-        sources = self.sources()
+        sources = self.sources() if sources is None else sources
         if len(sources) == 1:
             return self.replay.sample(c.batch_size, c.seq_len, self.rng)
-        return MixedSampler(sources).sample(c.batch_size, c.seq_len, self.rng)
+        return MixedSampler([(src, frac) for _, src, frac in sources]).sample(c.batch_size, c.seq_len, self.rng)
 
     def train_step(self) -> dict[str, float]:
         """One world-model update and one actor-critic update on a replay (or mixed) batch. The actor-critic
         imagines from the posterior states of every row, rehearsal rows included (GSA Section 3.3)."""
         c = self.cfg
-        raw = self.sample_batch()
+        sources = self.sources()
+        raw = self.sample_batch(sources)
         source = raw.pop("source", None)
         batch = _as_tensors(raw, self.device)
         reward_mask = None if source is None else torch.as_tensor(source == 0, device=self.device)
         wm_loss, metrics, post = self.wm.loss(batch, reward_mask=reward_mask)
         if source is not None:
-            for name, i in self._source_of.items():   # wm/rehearsal_rows, wm/past_rows
+            for i, (name, _, _) in enumerate(sources[1:], start=1):   # wm/past_rows, wm/rehearsal_rows
                 metrics[f"wm/{name}_rows"] = torch.tensor(float((source == i).sum()))
         metrics["wm/grad_norm"] = torch.tensor(self.wm_opt.step(wm_loss)["grad_norm"])
         n = c.batch_size * c.seq_len

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from methods.gsa.bc import BCConfig, BCPolicy, bc_step, masked_mse
+from methods.gsa.bc import BCConfig, BCPolicy, PriorActor, bc_step, masked_mse
 from methods.gsa.guidance import GuidanceSchedule, schedule_for
 
 
@@ -62,3 +62,20 @@ def test_bc_pixel_architecture_matches_appendix_g1():
     assert pol.mlp[0].in_features == 256 * 2 * 2  # G.1: repr_dim = (32 * 8) * 2 * 2
     out = pol({"pixels": torch.zeros(2, 9, 64, 64, dtype=torch.uint8)})
     assert out.shape == (2, 21) and out.abs().max() <= 1
+
+
+def test_prior_actor_stacks_each_episodes_last_frames_and_restarts_them_at_is_first():
+    """π_bc's input is its episode's last 3 frames (the first one repeated at an episode start), batched."""
+    torch.manual_seed(0)
+    pol = BCPolicy(BCConfig(channels=(8, 8, 8, 8), hidden=16), {"pixels": ((3, 64, 64), "uint8")}, action_dim=4)
+    actor = PriorActor(pol)
+    frames = [np.full((2, 3, 64, 64), 10 * t, np.uint8) for t in range(4)]
+    frames[3][1] = 200                                   # episode 1 restarts at t=3
+    firsts = [np.array([True, True]), np.array([False, False]), np.array([False, False]), np.array([False, True])]
+    mask = np.array([1, 1, 0, 0], np.float32)
+    for px, first in zip(frames, firsts):
+        a, _ = actor.act({"pixels": px, "is_first": first}, None, type("T", (), {"action_mask": mask})(), True)
+    assert [int(f[0, 0, 0]) for f in actor.stacks[0]] == [10, 20, 30]      # rolling: the last 3 frames
+    assert [int(f[0, 0, 0]) for f in actor.stacks[1]] == [200, 200, 200]   # restarted at its is_first
+    want = pol({"pixels": torch.as_tensor(np.stack([np.concatenate(s, 0) for s in actor.stacks]))}).detach().numpy()
+    assert a.shape == (2, 4) and np.allclose(a, want * mask) and not a[:, 2:].any()

@@ -42,7 +42,7 @@ from methods.backbone.checkpoint import CheckpointMismatchError
 from methods.base import MethodContext, MethodSpec, Step, TaskContext
 from methods.dreamer import PRESETS as DREAMER_PRESETS
 from methods.dreamer import Dreamer, DreamerConfig
-from methods.gsa.bc import BCConfig, BCPolicy, bc_step
+from methods.gsa.bc import BCConfig, BCPolicy, PriorActor, bc_step
 from methods.gsa.guidance import GuidanceSchedule, schedule_for
 
 
@@ -202,6 +202,7 @@ class GSA:
         self._dataset: Any = None
         self.rng = np.random.default_rng([ctx.seed, 0x65A])
         self.bc: BCPolicy | None = None
+        self.prior: PriorActor | None = None   # π_bc acting, with its frame stack (pixels)
         self.bc_loss = float("nan")
         self.task: TaskContext | None = None
         self.schedule: GuidanceSchedule = schedule_for("dmc")
@@ -210,7 +211,6 @@ class GSA:
         self.retrieved_uids: list[str] = []
         self.window = (0, 0)               # [start, end) agent steps of this episode where π_bc acts
         self.t = 0                         # agent steps into the current training episode
-        self.frames: list[np.ndarray] = []  # the last frames, for π_bc's frame stack (pixels)
         self.last_bc = False
         self.task_bc_steps = 0
         self.task_steps = 0
@@ -241,7 +241,7 @@ class GSA:
         self.agent.on_task_start(task)
         self._set_task(task)
         # Retrieval and π_bc are redone for every task, at its first training observation (act()).
-        self.bc, self.bc_loss = None, float("nan")
+        self.bc, self.prior, self.bc_loss = None, None, float("nan")
         self.agent.rehearsal, self.agent.rehearsal_fraction = None, 0.0
         self.retrieved_task, self.retrieved_uids = -1, []
         self.task_bc_steps = self.task_steps = 0
@@ -317,19 +317,10 @@ class GSA:
         for _ in range(c.grad_updates):
             losses.append(bc_step(self.bc, opt, self._bc_batch(data, c.batch_size, mask))["bc/loss"])
         self.bc.eval()
+        self.prior = PriorActor(self.bc, self.device)
         return float(np.mean(losses[-max(1, len(losses) // 10):]))
 
     # ------------------------------------------------------------------ acting
-    def _bc_act(self, obs: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
-        assert self.bc is not None
-        with torch.inference_mode():
-            o: dict[str, torch.Tensor] = {}
-            if "pixels" in obs:
-                o["pixels"] = torch.as_tensor(np.concatenate(self.frames, 0)[None], device=self.device)
-            if "proprio" in obs:
-                o["proprio"] = torch.as_tensor(np.asarray(obs["proprio"]), device=self.device)
-            return (self.bc(o).float().cpu().numpy() * mask).astype(np.float32)
-
     def act(self, obs: dict[str, np.ndarray], state: Any, task: TaskContext,
             explore: bool) -> tuple[np.ndarray, Any]:
         if not explore:
@@ -340,10 +331,8 @@ class GSA:
             self.last_bc = False
             return self.agent.act(obs, state, task, explore)
         assert obs["is_first"].shape == (1,), f"guided acting is unbatched (B=1), got {obs['is_first'].shape}"
-        mask = np.asarray(task.action_mask, np.float32)
-        if "pixels" in obs:
-            frame = np.asarray(obs["pixels"])[0]
-            self.frames = [frame] * self.cfg.bc.frame_stack if obs["is_first"][0] else (self.frames + [frame])[1:]
+        assert self.prior is not None, "guidance without π_bc"
+        self.prior.push(obs)
         warm = self.agent.warming_up
         if obs["is_first"][0]:
             self.t = 0
@@ -352,10 +341,10 @@ class GSA:
         self.t += 1
         self.last_bc = use_bc
         if warm:   # π_bc replaces random exploration during warm-up
-            return self._bc_act(obs, mask), None
+            return self.prior.action(obs, task.action_mask), None
         action, state = self.agent.act(obs, state, task, explore)
         if use_bc:
-            action = self._bc_act(obs, mask)
+            action = self.prior.action(obs, task.action_mask)
             state = dict(state, action=torch.as_tensor(action, device=self.device))  # the latent sees what was done
         return action, state
 
@@ -394,11 +383,12 @@ class GSA:
                                        np.asarray(t["action_mask"], np.float32), t["action_repeat"]))
         self.retrieved_task, self.retrieved_uids = int(state["retrieved_task"]), list(state["retrieved_uids"])
         self._use_retrieved()
-        self.bc, self.bc_loss = None, float(state["bc_loss"])
+        self.bc, self.prior, self.bc_loss = None, None, float(state["bc_loss"])
         if state["bc"] is not None:
             self.bc = BCPolicy(self.cfg.bc, self.ctx.obs_spec, self.ctx.action_dim).to(self.device)
             self.bc.load_state_dict(state["bc"])
             self.bc.eval()
+            self.prior = PriorActor(self.bc, self.device)
         self.task_bc_steps, self.task_steps = int(state["task_bc_steps"]), int(state["task_steps"])
         self.rng.bit_generator.state = state["rng"]
 

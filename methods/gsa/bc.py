@@ -78,3 +78,43 @@ def bc_step(policy: BCPolicy, opt: torch.optim.Optimizer, batch: dict[str, torch
     loss.backward()
     opt.step()
     return {"bc/loss": loss.item()}
+
+
+class PriorActor:
+    """π_bc acting on live observations, batched over episodes, with its own stack of the last
+    ``frame_stack`` pixel frames per episode (restarted where ``is_first``).
+
+    GSA pushes every training observation (the stack must hold the frames the RL policy saw too) and asks
+    for an action only inside guidance windows; ``act`` does both, with the signature of a method's ``act``,
+    so ``harness.evaluation.evaluate`` can run π_bc alone (``benchmarks/diag_bc_prior.py``)."""
+
+    def __init__(self, bc: BCPolicy, device: torch.device | str = "cpu"):
+        self.bc, self.device = bc, torch.device(device)
+        self.stacks: list[list[np.ndarray]] = []
+
+    def push(self, obs: dict[str, np.ndarray]) -> None:
+        if "pixels" not in obs:
+            return
+        px, first = np.asarray(obs["pixels"]), np.asarray(obs["is_first"], bool)
+        assert px.ndim == 4 and first.shape == (len(px),), f"pixels (B, C, H, W) with is_first (B,), got " \
+                                                           f"{px.shape} and {first.shape}"
+        if len(self.stacks) != len(px):
+            first = np.ones(len(px), bool)
+            self.stacks = [[] for _ in px]
+        k = self.bc.cfg.frame_stack
+        self.stacks = [[f] * k if new else (s + [f])[-k:] for s, f, new in zip(self.stacks, px, first)]
+
+    def action(self, obs: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+        """π_bc's actions (B, A) for the pushed frames and/or ``obs["proprio"]``, zero outside ``mask``."""
+        o: dict[str, torch.Tensor] = {}
+        if "pixels" in obs:
+            o["pixels"] = torch.as_tensor(np.stack([np.concatenate(s, 0) for s in self.stacks]), device=self.device)
+        if "proprio" in obs:
+            o["proprio"] = torch.as_tensor(np.asarray(obs["proprio"]), device=self.device)
+        with torch.inference_mode():
+            a = self.bc(o).float().cpu().numpy()
+        return (a * np.asarray(mask, np.float32)[None]).astype(np.float32)
+
+    def act(self, obs: dict[str, np.ndarray], state: Any, task: Any, explore: bool) -> tuple[np.ndarray, Any]:
+        self.push(obs)
+        return self.action(obs, task.action_mask), state

@@ -44,7 +44,6 @@ class DrQV2Config:
     encoder_depth: int = 32          # DrQ-v2 uses 32 channels; the shared ConvEncoder doubles per stage
     encoder_stages: int = 4          # shared ConvEncoder: 64x64 -> 4x4 (DrQ-v2's own: 84x84 -> 35x35)
     encoder_kernel: int = 4          # shared ConvEncoder kernel (DrQ-v2's own: 3x3)
-    reset_replay_each_task: bool = True  # rewards differ between tasks: start each task with an empty replay
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -189,7 +188,9 @@ class DrQV2:
         self.mask = torch.as_tensor(task.action_mask, device=self.device)
         self.action_repeat = task.action_repeat
         self.task_agent_steps = 0
-        if self.cfg.reset_replay_each_task and len(self.replay):
+        # Each task starts with an empty replay: the critic learns this task's reward, and earlier tasks'
+        # transitions carry other rewards (there is no reward-free use of them in DrQ-v2).
+        if len(self.replay):
             self.replay = EpisodeReplay(self.ctx.workdir / f"replay-task{task.index}")
 
     def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

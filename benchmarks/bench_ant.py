@@ -18,10 +18,10 @@
 drqv2/packnet ``seed_frames``), so that short budgets are not all warm-up; the compare table names the
 budget, and the command line is written beside it.
 
-``--guidance-share`` scales gsa's guidance schedule with the shortened task, as the paper proportions it: its
-DMC schedule decays over 50k agent steps (Table 5) of a 300k-frame Ant task (150k agent steps at action
-repeat 2), a third of the task. The ``tiny`` preset's fixed 6k agent steps would be three times a 4k-frame
-task (2k agent steps), so that the BC probability never fell below 0.67 within a task.
+gsa's guidance schedule is scaled to the shortened task as the paper proportions it (``jobs.guidance_sets``):
+Table 5's DMC schedule decays over 50k agent steps of a 300k-frame Ant task (150k agent steps at action
+repeat 2), a third of the task; ``--guidance-share`` sets another share, 0 keeps the preset's fixed 6k agent
+steps (three 4k-frame tasks).
 """
 from __future__ import annotations
 
@@ -31,11 +31,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.jobs import prepare_pretrained, run_parallel, run_stream_command  # noqa: E402
+from benchmarks.jobs import guidance_sets, prepare_pretrained, run_parallel, run_stream_command  # noqa: E402
 
 # Each learner's own name for "frames of the warm-up policy per task" (the config fields, with their prefix).
 WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
@@ -43,21 +44,15 @@ WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
                  "drqv2": ["seed_frames"], "packnet": ["base_config.seed_frames"]}
 
 
-# The paper's guidance schedule as a share of an Ant task: 50k agent steps (Table 5) of 300k env frames at
-# action repeat 2 (Section 4.2).
-PAPER_GUIDANCE_SHARE = 50_000 / (300_000 / 2)
-
-
-def method_sets(method: str, warmup_frames: int | None, extra: list[str],
-                guidance_agent_steps: int | None = None) -> list[str]:
+def method_sets(method: str, warmup_frames: int | None, extra: list[str], guidance: Sequence[str] = ()) -> list[str]:
     """The ``--set`` values of one method: the warm-up in its own field names, gsa's guidance schedule length,
     then the ``METHOD:KEY=VALUE`` ones (last, so they win)."""
     out = []
     if warmup_frames is not None:
         for f in WARMUP_FIELDS.get(method.split("-")[0], []):
             out.append(f if "=" in f else f"{f}={warmup_frames}")
-    if guidance_agent_steps is not None and method.startswith("gsa"):
-        out.append(f"guidance_dmc_agent_steps={guidance_agent_steps}")
+    if method.startswith("gsa"):
+        out += guidance
     out += [o.split(":", 1)[1] for o in extra if o.split(":", 1)[0] == method]
     return out
 
@@ -72,9 +67,9 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=3)
     ap.add_argument("--warmup-frames", type=int, default=1_000,
                     help="every learner's warm-up per task (the presets' 4k-15k would fill a 4k-frame task)")
-    ap.add_argument("--guidance-share", type=float, default=PAPER_GUIDANCE_SHARE,
-                    help="gsa's guidance schedule as a share of a task's agent steps (default: the paper's 1/3); "
-                         "0 keeps the preset's fixed length")
+    ap.add_argument("--guidance-share", type=float, default=None,
+                    help="gsa's guidance schedule as a share of a task's agent steps (default: the paper's, 1/3 "
+                         "for DMC); 0 keeps the preset's fixed length")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--data-tasks", default=None,
                     help="default: the stream's tasks (paper Sec. 4.2: pre-training on the Ant domain only)")
@@ -110,14 +105,12 @@ def main() -> None:
         rep = MlflowReporter()
         if rep.client.get_experiment_by_name(f"stream/{stream.name}") is None:
             rep.client.create_experiment(f"stream/{stream.name}")   # here: parallel children would race (sqlite)
-        from tasks.base import EnvConfig
-        guidance_steps = (max(1, round(a.frames_per_task / EnvConfig().action_repeat * a.guidance_share))
-                          if a.guidance_share > 0 else None)
+        guidance = guidance_sets(a.frames_per_task, a.guidance_share)
         jobs = []
         for s in seeds:
             for m in methods:
                 cmd = run_stream_command(cli, [stream.name], m, s, preset=a.preset,
-                                         sets=method_sets(m, a.warmup_frames, a.overrides, guidance_steps),
+                                         sets=method_sets(m, a.warmup_frames, a.overrides, guidance),
                                          pretrained=pre,
                                          runs_dir=work / "runs",
                                          extra=["--frames-per-task", str(a.frames_per_task), "--eval-every",

@@ -12,6 +12,10 @@
 4. The table: final normalised score (DMC return / 10, Meta-World success x 100) per method and task, mean
    and a 95% bootstrap CI over seeds, and the aggregate over tasks; learning curves per task.
 
+gsa's guidance schedule gets the paper's share of the shortened task (``jobs.guidance_sets``: Table 5's
+50k agent steps are a third of the paper's 150k-sample DMC budget, and its Meta-World 150k all of it);
+``--guidance-share 0`` keeps the preset's fixed 6k agent steps, which the runs before this option had.
+
 Outputs: benchmarks/results/<--name>.{md,json,png} (default gsa_vs_dreamer), and a summary run in MLflow.
 Ablations (the paper's Fig. 6) go to their own name, e.g.
 ``--methods gsa,gsa-p-er,dreamer --name gsa_ablation``.
@@ -24,12 +28,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
-from benchmarks.jobs import prepare_pretrained, run_parallel, run_stream_command  # noqa: E402
+from benchmarks.jobs import guidance_sets, prepare_pretrained, run_parallel, run_stream_command  # noqa: E402
 
 
 def stream_file(task: str, frames: int, every: int, episodes: int, folder: Path) -> tuple[str, Path]:
@@ -41,10 +46,11 @@ def stream_file(task: str, frames: int, every: int, episodes: int, folder: Path)
     return name, path
 
 
-def method_overrides(method: str, overrides: list[str]) -> list[str]:
-    """``--set`` values for one method: gsa takes them as given; dreamer takes the ``agent.*`` ones unprefixed."""
+def method_overrides(method: str, overrides: list[str], guidance: Sequence[str] = ()) -> list[str]:
+    """``--set`` values for one method: gsa takes the guidance schedule's and then the given ones (which win);
+    dreamer takes the ``agent.*`` ones unprefixed."""
     if method.startswith(("gsa", "jsrl")):
-        return list(overrides)
+        return [*guidance, *overrides]
     return [o.removeprefix("agent.") for o in overrides if o.startswith("agent.")] if method == "dreamer" else []
 
 
@@ -86,6 +92,9 @@ def main() -> None:
     ap.add_argument("--name", default="gsa_vs_dreamer", help="output files benchmarks/results/NAME.{md,json,png}")
     ap.add_argument("--summary-only", action="store_true", help="only summarise the runs already in MLflow")
     ap.add_argument("--note", default="", help="a line appended to the summary (e.g. how the runs were made)")
+    ap.add_argument("--guidance-share", type=float, default=None,
+                    help="gsa's guidance schedule as a share of a run's agent steps (default: the paper's, 1/3 for "
+                         "DMC and 1 for Meta-World); 0 keeps the preset's fixed length")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="method config overrides for gsa and dreamer (gsa's agent fields: agent.NAME)")
     a = ap.parse_args()
@@ -117,7 +126,8 @@ def main() -> None:
             name, path = streams[task]
             for m in methods:
                 cmd = run_stream_command(cli, ["--stream-file", str(path)], m, s, preset=a.preset,
-                                         sets=method_overrides(m, a.overrides), pretrained=pre,
+                                         sets=method_overrides(m, a.overrides, guidance_sets(a.frames, a.guidance_share)),
+                                         pretrained=pre,
                                          runs_dir=work / "runs", extra=["--checkpoint-every", str(10**9)])
                 jobs.append((task, name, m, s, cmd))
     print(f"{len(jobs)} runs, {a.parallel} at once; MLflow store {tracking_uri()}", flush=True)
@@ -146,11 +156,13 @@ def summarize(a, tasks, methods, seeds, rep, walls, timing) -> None:
                 curve = sorted({int(h.step): float(h.value) for h in hist}.items())
                 curves.setdefault((m, task), []).append(curve)
                 finals.setdefault((m, task), []).append(float(run.data.metrics[f"final/0-{task}"]))
+    schedule = " ".join(guidance_sets(a.frames, a.guidance_share)) or "the preset's"
     lines = [f"GSA vs Dreamer (from scratch) vs random: final normalised score (0-100; DMC return/10, Meta-World "
              f"success x 100), mean [95% bootstrap CI] over seeds {','.join(map(str, seeds))}. Budget {a.frames:,} env "
              f"frames per task, proprio, preset {a.preset}, one torch thread per run, {a.parallel} runs at once on "
              f"{os.cpu_count()} cores. Offline data: {a.data_tasks}, {a.episodes} episodes per setting; pre-training "
-             f"{a.pretrain_steps:,} updates. Overrides: {' '.join(a.overrides) or '(none)'}.", "",
+             f"{a.pretrain_steps:,} updates. Overrides: {' '.join(a.overrides) or '(none)'}; gsa's guidance schedule: "
+             f"{schedule}.", "",
              "| method | " + " | ".join(tasks) + " | mean over tasks |", "|---|" + "---|" * (len(tasks) + 1)]
     agg = {}
     for m in methods:

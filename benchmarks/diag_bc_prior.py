@@ -6,7 +6,10 @@ For each finished or stopped GSA run (an MLflow run id, or its checkpoint direct
 run's checkpoint (the prior of the task the checkpoint was at, trained on what was retrieved for it) and
 evaluates it alone on that task, next to ``random`` on the same evaluation episodes (``harness.evaluation``:
 same env seeds). Execution guidance can only help when π_bc is better than the exploration it replaces;
-this says whether it is. Nothing is written to MLflow; the table is printed (and saved with ``--out``).
+this says whether it is. It also gives the spread of the actions each policy took on the embodiment's
+action dims (the std over steps and episodes, averaged over dims; uniform random: 0.58): π_bc is fit by MSE,
+so on random or OU data it predicts their conditional mean, near zero, and explores less than what it
+imitates. Nothing is written to MLflow; the table is printed (and saved with ``--out``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,22 @@ def run_dir_of(ref: str) -> Path:
     except Exception:
         raise HarnessError(f"{ref!r} is neither a run directory nor an MLflow run id") from None
     return Path(run.data.tags["checkpoint_dir"])
+
+
+class ActionRecorder:
+    """A policy's ``act`` with every action it returns kept (for the action spread)."""
+
+    def __init__(self, policy):
+        self.policy, self.actions = policy, []
+
+    def act(self, obs, state, task, explore):
+        a, state = self.policy.act(obs, state, task, explore)
+        self.actions.append(a[:, task.action_mask > 0])
+        return a, state
+
+    def spread(self) -> float:
+        import numpy as np
+        return float(np.concatenate(self.actions).std(0).mean())
 
 
 def diagnose(ref: str, episodes: int) -> dict:
@@ -60,14 +79,18 @@ def diagnose(ref: str, episodes: int) -> dict:
     info = TASKS.get(t["name"])
     task = TaskContext(t["index"], t["name"], t["embodiment"], t["suite"], t["frames"],
                        torch.tensor(t["action_mask"]).numpy(), t["action_repeat"])
-    prior = evaluate(PriorActor(bc), task, info, cfg.env, episodes, cfg.seed)
+    prior_actor = ActionRecorder(PriorActor(bc))
+    prior = evaluate(prior_actor, task, info, cfg.env, episodes, cfg.seed)
     ctx = MethodContext(task_names=(info.name,), obs_spec=spec, action_dim=int(cfg.env.action_pad_dim),
                         seed=cfg.seed, device="cpu", workdir=run_dir, log_json=None)
-    rand = evaluate(RandomMethod(RandomConfig(), ctx), task, info, cfg.env, episodes, cfg.seed)
+    rand_actor = ActionRecorder(RandomMethod(RandomConfig(), ctx))
+    rand = evaluate(rand_actor, task, info, cfg.env, episodes, cfg.seed)
     return {"run": ref, "method": cfg.method, "seed": cfg.seed, "task": info.name, "bc_loss": state["bc_loss"],
             "retrieved": len(state["retrieved_uids"]), "episodes": episodes,
-            "prior": {"score": prior.score, "return": prior.mean_return, "success": prior.success_rate},
-            "random": {"score": rand.score, "return": rand.mean_return, "success": rand.success_rate}}
+            "prior": {"score": prior.score, "return": prior.mean_return, "success": prior.success_rate,
+                      "action_std": prior_actor.spread()},
+            "random": {"score": rand.score, "return": rand.mean_return, "success": rand.success_rate,
+                       "action_std": rand_actor.spread()}}
 
 
 def main() -> None:
@@ -87,11 +110,12 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     lines = [f"π_bc alone vs random, {a.episodes} evaluation episodes each (same env seeds); score 0-100 "
              "(DMC return/10, Meta-World success x 100)", "",
-             "| run | method | seed | task | retrieved | bc loss | π_bc score | random score |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| run | method | seed | task | retrieved | bc loss | π_bc score | random score | π_bc action std | "
+             "random action std |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['run'][:8]} | {r['method']} | {r['seed']} | {r['task']} | {r['retrieved']} | "
-                     f"{r['bc_loss']:.3f} | {r['prior']['score']:.1f} | {r['random']['score']:.1f} |")
+        lines.append(f"| {Path(r['run']).name[:8]} | {r['method']} | {r['seed']} | {r['task']} | {r['retrieved']} | "
+                     f"{r['bc_loss']:.3f} | {r['prior']['score']:.1f} | {r['random']['score']:.1f} | "
+                     f"{r['prior']['action_std']:.2f} | {r['random']['action_std']:.2f} |")
     text = "\n".join(lines)
     print(text)
     if a.out:

@@ -110,6 +110,8 @@ def test_gsa_stream_logs_retrieval_bc_and_guidance_to_mlflow(mlflow_uri, pretrai
     d = diagnose(str(res.run_dir), episodes=1)
     assert (d["task"], d["retrieved"], d["method"]) == ("reach-v3", 2, "gsa")
     assert 0 <= d["prior"]["score"] <= 100 and 0 <= d["random"]["score"] <= 100 and np.isfinite(d["prior"]["return"])
+    # The action spread on reach's 4 action dims: uniform random's std is 1/sqrt(3) = 0.58.
+    assert abs(d["random"]["action_std"] - 0.577) < 0.1 and 0 <= d["prior"]["action_std"] <= 1
 
 
 # ----------------------------------------------------------------------------- the pieces

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from harness import checkpoint
@@ -66,11 +67,30 @@ def test_random_run_reports_everything_to_mlflow(mlflow_uri, tmp_path):
     assert "train/episode_success" in kids[1].data.metrics  # Meta-World reports success
 
 
-def test_same_seed_same_results(mlflow_uri, tmp_path):
-    stream = StreamSpec("det", (TaskSpec("cartpole-swingup", 200),), EvalSpec(200, 2))
-    a = run_stream(_cfg(stream, runs_dir=str(tmp_path / "a")), echo=lambda *_: None)
-    b = run_stream(_cfg(stream, runs_dir=str(tmp_path / "b")), echo=lambda *_: None)
+def _tensors(state, prefix=""):
+    """Every tensor of a (nested) method state, by path."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, list) else ()
+    return {k: v for key, sub in items for k, v in _tensors(sub, f"{prefix}/{key}").items()}
+
+
+@pytest.mark.parametrize("method,frames,kw", [
+    ("random", 200, {}),
+    ("drqv2", 400, {"preset": "debug"}),                                            # updates after 100 frames
+    ("dreamer", 400, {"preset": "debug", "overrides": (("warmup_min_episodes", "0"),)}),  # ... after 200
+])
+def test_same_seed_same_results(mlflow_uri, tmp_path, method, frames, kw):
+    """A seed fixes a run on the CPU, learning included: the same scores and bit-identical weights."""
+    stream = StreamSpec("det", (TaskSpec("cartpole-swingup", frames),), EvalSpec(frames, 2))
+    a, b = (run_stream(_cfg(stream, method, runs_dir=str(tmp_path / d), torch_threads=1, **kw), echo=lambda *_: None)
+            for d in ("a", "b"))
     assert np.array_equal(a.R, b.R)
+    sa, sb = (checkpoint.load(r.run_dir / checkpoint.CHECKPOINT_FILE)["method"] for r in (a, b))
+    assert method == "random" or sa["grad_updates"] > 0, "the run must have learned something"
+    wa, wb = _tensors(sa), _tensors(sb)
+    assert wa.keys() == wb.keys() and (method == "random" or len(wa) > 10)
+    assert not [k for k in wa if not torch.equal(wa[k], wb[k])], "weights differ between two runs of one seed"
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,6 @@ class GSA:
         self._retriever: Any = None
         self._dataset: Any = None
         self.rng = np.random.default_rng([ctx.seed, 0x65A])
-        self.bc: BCPolicy | None = None
         self.prior: PriorActor | None = None   # π_bc acting, with its frame stack (pixels)
         self.bc_loss = float("nan")
         self.task: TaskContext | None = None
@@ -215,6 +214,11 @@ class GSA:
         self.task_bc_steps = 0
         self.task_steps = 0
         self._report: dict[str, float] = {}
+
+    @property
+    def bc(self) -> BCPolicy | None:
+        """The current task's π_bc (None before its retrieval, or without guidance)."""
+        return None if self.prior is None else self.prior.bc
 
     # ------------------------------------------------------------------ assets
     def retriever(self) -> Any:
@@ -241,7 +245,7 @@ class GSA:
         self.agent.on_task_start(task)
         self._set_task(task)
         # Retrieval and π_bc are redone for every task, at its first training observation (act()).
-        self.bc, self.prior, self.bc_loss = None, None, float("nan")
+        self.prior, self.bc_loss = None, float("nan")
         self.agent.rehearsal, self.agent.rehearsal_fraction = None, 0.0
         self.retrieved_task, self.retrieved_uids = -1, []
         self.task_bc_steps = self.task_steps = 0
@@ -310,14 +314,14 @@ class GSA:
         assert self.task is not None
         c = self.cfg.bc
         data = self.dataset().subset(self.retrieved_uids)
-        self.bc = BCPolicy(c, self.ctx.obs_spec, self.ctx.action_dim).to(self.device)
-        opt = torch.optim.Adam(self.bc.parameters(), lr=c.lr)
+        bc = BCPolicy(c, self.ctx.obs_spec, self.ctx.action_dim).to(self.device)
+        opt = torch.optim.Adam(bc.parameters(), lr=c.lr)
         mask = torch.as_tensor(np.asarray(self.task.action_mask, np.float32), device=self.device)
         losses = []
         for _ in range(c.grad_updates):
-            losses.append(bc_step(self.bc, opt, self._bc_batch(data, c.batch_size, mask))["bc/loss"])
-        self.bc.eval()
-        self.prior = PriorActor(self.bc, self.device)
+            losses.append(bc_step(bc, opt, self._bc_batch(data, c.batch_size, mask))["bc/loss"])
+        bc.eval()
+        self.prior = PriorActor(bc, self.device)
         return float(np.mean(losses[-max(1, len(losses) // 10):]))
 
     # ------------------------------------------------------------------ acting
@@ -383,12 +387,12 @@ class GSA:
                                        np.asarray(t["action_mask"], np.float32), t["action_repeat"]))
         self.retrieved_task, self.retrieved_uids = int(state["retrieved_task"]), list(state["retrieved_uids"])
         self._use_retrieved()
-        self.bc, self.prior, self.bc_loss = None, None, float(state["bc_loss"])
+        self.prior, self.bc_loss = None, float(state["bc_loss"])
         if state["bc"] is not None:
-            self.bc = BCPolicy(self.cfg.bc, self.ctx.obs_spec, self.ctx.action_dim).to(self.device)
-            self.bc.load_state_dict(state["bc"])
-            self.bc.eval()
-            self.prior = PriorActor(self.bc, self.device)
+            bc = BCPolicy(self.cfg.bc, self.ctx.obs_spec, self.ctx.action_dim).to(self.device)
+            bc.load_state_dict(state["bc"])
+            bc.eval()
+            self.prior = PriorActor(bc, self.device)
         self.task_bc_steps, self.task_steps = int(state["task_bc_steps"]), int(state["task_steps"])
         self.rng.bit_generator.state = state["rng"]
 

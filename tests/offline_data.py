@@ -38,7 +38,9 @@ def pretrain_debug(data: Path, root: Path, updates: int, obs_keys: list[str] | N
     """A debug-size world model pre-trained on ``data`` for a few updates (1 torch thread), with its index;
     its MLflow runs in ``root/mlflow.db``. Returns the pre-training directory."""
     import torch
-    from methods.gsa.pretrain import make_config, pretrain
+
+    from harness.pretraining import pretrain
+    from methods.gsa.pretrain import make_config
     from methods.gsa.retrieval import build_index
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -51,6 +53,36 @@ def pretrain_debug(data: Path, root: Path, updates: int, obs_keys: list[str] | N
     finally:
         torch.set_num_threads(threads)
     return res.out
+
+
+def synthetic_episode(rng: np.random.Generator, t: int, action_dim: int, pad: int = 6, size: int = 8,
+                      proprio: int = 5) -> dict[str, np.ndarray]:
+    """One episode of random pixels (3, size, size), proprio (proprio,) and actions padded to ``pad``."""
+    from harness.offline import FLAG_KEYS
+    a = np.zeros((t, pad), np.float32)
+    a[:-1, :action_dim] = rng.uniform(-1, 1, (t - 1, action_dim))
+    flags = {k: np.zeros(t, bool) for k in FLAG_KEYS}
+    flags["is_first"][0] = flags["is_last"][-1] = True
+    return {"pixels": rng.integers(0, 255, (t, 3, size, size), dtype=np.uint8),
+            "proprio": rng.standard_normal((t, proprio)).astype(np.float32), "action": a, **flags}
+
+
+def synthetic(path: Path, lengths: tuple[int, ...] = (16, 24, 16, 24, 16, 24), *,
+              obs: tuple[str, ...] = ("pixels", "proprio"), compression: str = "zlib", chunk_steps: int = 8,
+              shard_steps: int = 1000, seed: int = 0) -> tuple[Path, list[dict[str, np.ndarray]]]:
+    """A dataset written directly (no simulator, milliseconds): episodes alternate sawyer on reach-v3
+    (4-d actions) and walker on walker-walk (6-d), padded to 6. With lengths that are multiples of
+    ``chunk_steps``, checksum chunks never span two episodes. Returns the directory and the episodes."""
+    from harness.offline import DatasetWriter
+    rng = np.random.default_rng(seed)
+    eps = [synthetic_episode(rng, t, 6 if i % 2 else 4) for i, t in enumerate(lengths)]
+    spec = {k: v for k, v in {"pixels": ((3, 8, 8), np.uint8), "proprio": ((5,), np.float32)}.items() if k in obs}
+    with DatasetWriter(path, spec, 6, shard_steps=shard_steps, compression=compression, chunk_steps=chunk_steps) as w:
+        for i, e in enumerate(eps):
+            w.add_episode({k: v for k, v in e.items() if k not in {"pixels", "proprio"} - set(obs)},
+                          embodiment="walker" if i % 2 else "sawyer", task="walker-walk" if i % 2 else "reach-v3",
+                          policy="random", noise=None, action_dim=6 if i % 2 else 4, seed=i)
+    return path, eps
 
 
 def copy_dataset(src: Path, dest: Path) -> Path:
@@ -94,6 +126,15 @@ def flip_bytes(path: Path, offset: int, n: int = 64) -> None:
         data = bytearray(f.read(n))
         f.seek(offset)
         f.write(bytes(b ^ 0xFF for b in data))
+
+
+def flip_bit(path: Path, offset: int, bit: int = 0) -> None:
+    """Flip one bit of a file in place (what a failing disk or a bad copy does)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ (1 << bit)]))
 
 
 def env_uri(monkeypatch: pytest.MonkeyPatch, root: Path) -> str:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from offline_data import TASKS, collected, copy_dataset, flip_bytes, ncrl_files, truncate, write_ncrl
 
 from harness.collect import CollectConfig, OUPolicy, plan
 from harness.errors import HarnessError
-from harness.offline import (FLAG_KEYS, DamagedEpisodeWarning, DatasetWriter, Prefetcher, open_dataset)
+from harness.offline import FLAG_KEYS, DamagedEpisodeWarning, DatasetWriter, Prefetcher, open_dataset
 from harness.replay import EpisodeReplay, MixedSampler
-from offline_data import TASKS, collected, copy_dataset, flip_bytes, ncrl_files, truncate, write_ncrl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,9 +188,11 @@ def test_a_crashed_writer_leaves_the_completed_shards(tmp_path):
     rng = np.random.default_rng(0)
     spec = {"pixels": ((3, 8, 8), np.uint8), "proprio": ((5,), np.float32)}
     w = DatasetWriter(tmp_path / "d", spec, 6, shard_steps=30)
-    for i in range(7):   # 7 x 12 steps: two shards of 3 episodes committed, one open
+    for _ in range(7):   # 7 x 12 steps: two shards of 3 episodes committed, one open
         w.add_episode(_episode(rng, 12, 4), embodiment="sawyer", task="t", policy="random", noise=None, action_dim=4)
-    # The process dies here: the open shard is never committed.
+    # The process dies here: the open shard is never committed (and the OS closes its files).
+    for col in w._cols.values():
+        col.abort()
     assert list((tmp_path / "d" / "shards").glob("*.tmp"))
     ds = open_dataset(tmp_path / "d")
     assert ds.num_episodes == 6 and ds.damaged == []
@@ -245,7 +247,8 @@ def test_empty_missing_and_inconsistent_datasets_are_clear_errors(dataset_dir, t
     info = json.loads(shard.read_text())
     info["schema"]["action"]["shape"] = [21]
     shard.write_text(json.dumps(info))
-    with pytest.raises(HarnessError, match="inconsistent dataset .*action: "):
+    with pytest.raises(HarnessError, match=r"inconsistent dataset .*shard.json contradicts .*"
+                                         r"schema\.action\.shape is \[21\] in shard.json, \[6\] in manifest.json"):
         open_dataset(d)
     (d / "manifest.json").write_text("{")
     with pytest.raises(HarnessError, match="manifest.json is unreadable"):
@@ -318,6 +321,7 @@ def test_cli_datasets_show_and_collect_errors(dataset_dir, tmp_path):
 
 def test_disagreement_explorer_collects_while_it_learns(tmp_path, monkeypatch):
     import torch
+
     from harness.collect import collect
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()

@@ -10,3 +10,23 @@ class UnknownNameError(HarnessError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class NonFiniteLossError(HarnessError):
+    """A loss (or a value it depends on) became NaN or infinite during an update; the run stops FAILED
+    and its last checkpoint resumes."""
+
+
+MAX_INT = 10**15     # far above any real frame budget or count: a typo such as 1e18 is refused
+MAX_THREADS = 1024
+
+
+def check_int(value: object, what: str, low: int, high: int = MAX_INT) -> int:
+    """``value`` if it is an integer in [low, high], else a HarnessError naming ``what`` (an option or field)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HarnessError(f"{what} must be an integer, got {value!r}")
+    if value < low:
+        raise HarnessError(f"{what} must be >= {low}, got {value}")
+    if value > high:
+        raise HarnessError(f"{what} must be <= {high}, got {value}")
+    return value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.steps import Step  # noqa: F401  (re-exported: part of the method contract)
 
 
 @dataclass(frozen=True)
@@ -36,20 +38,6 @@ class TaskContext:
     frames: int                # env-frame budget of this task in the stream
     action_mask: np.ndarray    # float32 (action_dim,)
     action_repeat: int
-
-
-@dataclass
-class Step:
-    """One time step as the runner reports it (DreamerV3 convention).
-
-    ``reward`` was received on arriving at ``obs``; ``action`` is the one taken from ``obs`` (zeros on
-    the last step). Observations are unbatched: pixels uint8 (3, H, W), proprio float32 (D,)."""
-    obs: dict[str, np.ndarray]
-    action: np.ndarray
-    reward: float
-    is_first: bool
-    is_last: bool
-    is_terminal: bool
 
 
 class Method(Protocol):
@@ -89,6 +77,126 @@ class MethodSpec:
     setup: Callable[[Any, list[Any], Any], Any] | None = None
 
 
+# ------------------------------------------------------------------ valid ranges of config fields
+# Every config field says what values it takes, next to its default:
+#     batch_size: int = ranged(16, ge=1, le=MAX_BATCH)
+#     lr: float = ranged(1e-4, gt=0)
+#     past_fraction: float = ranged(0.25, ge=0, lt=1)
+#     actor_grad: str = ranged("dynamics", one_of=("dynamics", "reinforce"))
+# ``check_config`` (run by ``resolve_config`` on the final config) checks every field of a config and of its
+# nested configs, then calls the config's ``validate()`` for rules between fields (random: low < high).
+# Float fields must be finite unless their range says ``finite=False``.
+
+# Upper bounds for sizes: far above any preset (the paper's model is 12288 wide), low enough that a typo
+# such as 1e12 is refused before a layer of that size is attempted.
+MAX_WIDTH = 65_536          # units of one layer / latent or state width
+MAX_CHANNELS = 4_096        # CNN channels of the first stage
+MAX_BATCH = 65_536          # sequences or transitions per batch
+MAX_LENGTH = 65_536         # sequence length, imagination horizon, n-step
+MAX_COUNT = 10**15          # frame / step / update counts
+MAX_PARAMS = 4e9            # parameters of one model, roughly counted: 16 GB of float32 weights, 48 GB
+                            # with Adam's state (the paper's world model has 0.29e9)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a config field: bounds (``ge``/``gt`` below, ``le``/``lt`` above) or a set."""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    one_of: tuple[Any, ...] | None = None
+    finite: bool = True               # floats: reject nan and +-inf
+
+    def ok(self, v: Any) -> bool:
+        if self.one_of is not None:
+            return v in self.one_of
+        if isinstance(v, float) and math.isnan(v):
+            return not self.finite
+        if isinstance(v, float) and math.isinf(v) and self.finite:
+            return False
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def __str__(self) -> str:
+        if self.one_of is not None:
+            return "one of " + ", ".join(map(str, self.one_of))
+        lo = f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else "(-inf"
+        hi = f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else "inf)"
+        return f"{lo}, {hi}" + ("" if self.finite else ", nan and inf allowed")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e9 else f"{x:g}"
+
+
+def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None, one_of: tuple[Any, ...] | None = None, finite: bool = True) -> Any:
+    """A dataclass field with a default and its valid range (see ``Range``; for tuples: every element)."""
+    return field(default=default, metadata={"range": Range(ge, gt, le, lt, one_of, finite)})
+
+
+def _kind(hint: Any) -> Any:
+    """int, float, bool, str, or ("tuple", inner) for tuple[X, ...]; None for anything else."""
+    if hint in (int, float, bool, str):
+        return hint
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return ("tuple", args[0]) if args else None
+    return None
+
+
+def _check_value(path: str, value: Any, hint: Any, rng: Range | None) -> str | None:
+    """What is wrong with one field value, or None."""
+    kind = _kind(hint)
+    if isinstance(kind, tuple):
+        if not isinstance(value, tuple):
+            return f"{path}={value!r} must be a tuple"
+        for i, v in enumerate(value):
+            msg = _check_value(f"{path}[{i}]", v, kind[1], rng)
+            if msg:
+                return msg
+        return None
+    if kind is bool and not isinstance(value, bool):
+        return f"{path}={value!r} must be true or false"
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"{path}={value!r} must be an integer"
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{path}={value!r} must be a number"
+        value = float(value)
+    if kind is str and not isinstance(value, str):
+        return f"{path}={value!r} must be a string"
+    if kind is float and (rng is None or rng.finite) and not math.isfinite(value):
+        return f"{path}={value} is not finite; valid: {rng or 'a finite number'}"
+    if rng is not None and not rng.ok(value):
+        return f"{path}={value!r} is out of range; valid: {rng}"
+    return None
+
+
+def check_config(cfg: Any, what: str = "the", prefix: str = "") -> Any:
+    """Check every field of the config dataclass ``cfg`` (and of its nested configs) against its declared
+    range, then the config's own ``validate()`` (rules between fields). Raises HarnessError naming the field
+    (dotted path), its value and the valid range; returns ``cfg``."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_config(value, what, f"{prefix}{f.name}.")
+            continue
+        msg = _check_value(prefix + f.name, value, hints.get(f.name), f.metadata.get("range"))
+        if msg:
+            raise HarnessError(f"{what} config: {msg}")
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except HarnessError as exc:
+            where = f" (in {prefix[:-1]})" if prefix else ""
+            raise HarnessError(f"{what} config: {exc}{where}") from None
+    return cfg
+
+
 def _coerce(value: str, target: Any, key: str) -> Any:
     """Turn a CLI string into the field's type."""
     origin = typing.get_origin(target)
@@ -100,7 +208,12 @@ def _coerce(value: str, target: Any, key: str) -> Any:
                 return False
             raise ValueError(value)
         if target is int:
-            return int(float(value)) if "e" in value.lower() else int(value)
+            if "e" in value.lower():   # 1e6: an integer written as a float
+                f = float(value)
+                if not f.is_integer():
+                    raise ValueError(value)
+                return int(f)
+            return int(value)
         if target is float:
             return float(value)
         if target is str:
@@ -108,7 +221,7 @@ def _coerce(value: str, target: Any, key: str) -> Any:
         if origin is tuple:
             (inner, *_) = typing.get_args(target)
             return tuple(_coerce(v.strip(), inner, key) for v in value.strip("()[] ").split(",") if v.strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         raise HarnessError(f"override {key}={value!r}: expected {getattr(target, '__name__', target)}") from None
     raise HarnessError(f"override {key}: fields of type {target} cannot be set from the command line")
 
@@ -133,16 +246,20 @@ def _apply_overrides(cfg: Any, overrides: dict[str, str], method: str, prefix: s
             changes[head] = _coerce(value, hints[head], prefix + key)
     for head, sub in nested.items():
         changes[head] = _apply_overrides(getattr(cfg, head), sub, method, f"{prefix}{head}.")
-    return dataclasses.replace(cfg, **changes)
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except HarnessError as exc:  # a config that checks itself on construction
+        raise HarnessError(f"{method} config: {prefix}{exc}") from None
 
 
 def resolve_config(spec: MethodSpec, method: str, preset: str | None,
                    overrides: dict[str, str] | None = None) -> Any:
     """The method's config: defaults, then the preset, then ``KEY=VALUE`` overrides (``group.KEY`` for
-    nested configs, e.g. ``model.deter=256``)."""
+    nested configs, e.g. ``model.deter=256``), checked against every field's valid range (``check_config``)."""
     preset = preset or spec.default_preset
     if preset not in spec.presets and preset != "paper":
         raise HarnessError(f"unknown preset {preset!r} for method {method!r}; "
                            f"valid: {', '.join(sorted({'paper', *spec.presets}))}")
     cfg = spec.config_cls(**spec.presets.get(preset, {}))
-    return _apply_overrides(cfg, overrides, method) if overrides else cfg
+    cfg = _apply_overrides(cfg, overrides, method) if overrides else cfg
+    return check_config(cfg, method)

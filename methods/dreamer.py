@@ -21,36 +21,52 @@ from harness.errors import HarnessError
 from harness.replay import EpisodeReplay, MixedSampler, ReplayUnion, SequenceSource
 from methods.backbone.actor_critic import ActorCritic
 from methods.backbone.checkpoint import check_compatible, describe, load_module
-from methods.backbone.config import (DEBUG_AC, DEBUG_MODEL, SMALL_AC, SMALL_MODEL, TINY_AC, TINY_MODEL,
-                                     ActorCriticConfig, WorldModelConfig)
+from methods.backbone.config import (
+    DEBUG_AC,
+    DEBUG_MODEL,
+    SMALL_AC,
+    SMALL_MODEL,
+    TINY_AC,
+    TINY_MODEL,
+    ActorCriticConfig,
+    WorldModelConfig,
+)
 from methods.backbone.nets import Optimizer
 from methods.backbone.world_model import WorldModel, metrics_to_floats
-from methods.base import MethodContext, MethodSpec, Step, TaskContext
+from methods.base import MAX_BATCH, MAX_COUNT, MAX_LENGTH, MethodContext, MethodSpec, Step, TaskContext, ranged
+
+MAX_ROWS = 2**20   # batch_size * seq_len: steps in one world-model batch (the paper's: 1024)
 
 
 @dataclass(frozen=True)
 class DreamerConfig:
     model: WorldModelConfig = field(default_factory=WorldModelConfig)  # Table 5 / ncrl (see backbone/config.py)
     ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)   # Table 5 "Fine-tuning"
-    batch_size: int = 16                # ncrl fine-tune: batch 16 (Table 5: batch size 16)
-    seq_len: int = 64                   # ncrl / Table 5: sequence length 64
-    train_ratio: float = 256.0          # ncrl: replayed steps per agent step (0.25 updates/agent step at 16x64)
-    warmup_env_frames: int = 15_000     # Table 5 / ncrl: 15k warm-up frames of random actions
-    warmup_min_episodes: int = 5        # ncrl: at least 5 warm-up episodes
-    imag_starts: int = 0                # imagination starts per update: 0 = every posterior state of the
-                                        # batch (DreamerV3, ncrl); fewer = a random subset (cheaper)
+    batch_size: int = ranged(16, ge=1, le=MAX_BATCH)  # ncrl fine-tune: batch 16 (Table 5: batch size 16)
+    seq_len: int = ranged(64, ge=1, le=MAX_LENGTH)  # ncrl / Table 5: sequence length 64
+    # ncrl: replayed steps per agent step (0.25 updates/agent step at 16x64)
+    train_ratio: float = ranged(256.0, gt=0, le=1e6)
+    warmup_env_frames: int = ranged(15_000, ge=0, le=MAX_COUNT)  # Table 5 / ncrl: 15k warm-up frames of random actions
+    warmup_min_episodes: int = ranged(5, ge=0, le=MAX_COUNT)  # ncrl: at least 5 warm-up episodes
+    # imagination starts per update: 0 = every posterior state of the batch (DreamerV3, ncrl); fewer = a random subset
+    # (cheaper)
+    imag_starts: int = ranged(0, ge=0, le=MAX_COUNT)
     reset_replay_each_task: bool = True  # True: each task starts with an empty replay. False (continual):
                                          # earlier tasks' replays are kept (see past_fraction)
-    past_fraction: float = 0.25         # continual: share of every world-model batch drawn from earlier tasks'
-                                        # replays. Their rows train the world model and start imagination but
-                                        # never the reward head: their rewards belong to other tasks. Ours: the
-                                        # paper keeps all previous experience (Sec. 4.2) without saying how it
-                                        # is mixed; 0.25 is Table 5's offline mix ratio
+    # continual: share of every world-model batch drawn from earlier tasks' replays. Their rows train the world model
+    # and start imagination but never the reward head: their rewards belong to other tasks. Ours: the paper keeps all
+    # previous experience (Sec. 4.2) without saying how it is mixed; 0.25 is Table 5's offline mix ratio
+    past_fraction: float = ranged(0.25, ge=0, lt=1)
     compile: bool = False               # torch.compile the RSSM step (see benchmarks/bench_backbone_speed.py)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # checked on construction too: the mix must leave current-task rows
         if not 0.0 <= self.past_fraction < 1.0:
-            raise HarnessError(f"past_fraction must be in [0, 1), got {self.past_fraction}")
+            raise HarnessError(f"past_fraction={self.past_fraction} is out of range; valid: [0, 1)")
+
+    def validate(self) -> None:
+        if self.batch_size * self.seq_len > MAX_ROWS:
+            raise HarnessError(f"batch_size * seq_len = {self.batch_size * self.seq_len} is more than {MAX_ROWS} "
+                               "steps per batch fit in memory")
 
     @property
     def updates_per_agent_step(self) -> float:
@@ -87,7 +103,7 @@ class Dreamer:
         self.wm = WorldModel(cfg.model, ctx.obs_spec, ctx.action_dim).to(self.device)
         self.ac = ActorCritic(cfg.ac, cfg.model.feat_dim, ctx.action_dim).to(self.device)
         m = cfg.model
-        self.wm_opt = Optimizer(self.wm.parameters(), m.lr, m.eps, m.weight_decay, m.grad_clip)
+        self.wm_opt = Optimizer(self.wm.parameters(), m.lr, m.eps, m.weight_decay, m.grad_clip, name="wm/loss")
         if cfg.compile:
             self.wm.rssm._recur = torch.compile(self.wm.rssm._recur, dynamic=False)  # type: ignore[method-assign]
         self.rng = np.random.default_rng(ctx.seed)
@@ -226,7 +242,7 @@ class Dreamer:
         if source is not None:
             for i, (name, _, _) in enumerate(sources[1:], start=1):   # wm/past_rows, wm/rehearsal_rows
                 metrics[f"wm/{name}_rows"] = torch.tensor(float((source == i).sum()))
-        metrics["wm/grad_norm"] = torch.tensor(self.wm_opt.step(wm_loss)["grad_norm"])
+        metrics["wm/grad_norm"] = torch.tensor(self.wm_opt.step(wm_loss, metrics)["grad_norm"])  # raises if non-finite
         n = c.batch_size * c.seq_len
         start = {k: v.detach().reshape(n, *v.shape[2:]) for k, v in post.items()}
         start_cont = 1.0 - batch["is_terminal"].reshape(n).float()

@@ -8,13 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from methods.base import MethodContext, MethodSpec, Step, TaskContext
+from harness.errors import HarnessError
+from methods.base import MethodContext, MethodSpec, Step, TaskContext, ranged
 
 
 @dataclass(frozen=True)
 class RandomConfig:
-    low: float = -1.0   # all tasks' actions are normalised to [-1, 1]
-    high: float = 1.0
+    low: float = ranged(-1.0, ge=-1, le=1)   # all tasks' actions are normalised to [-1, 1]
+    high: float = ranged(1.0, ge=-1, le=1)
+
+    def validate(self) -> None:
+        if not self.low < self.high:
+            raise HarnessError(f"low={self.low} must be < high={self.high}")
 
 
 class RandomMethod:

@@ -66,8 +66,10 @@ class ActorCritic(nn.Module):
         self.register_buffer("ret_low", torch.zeros(()))
         self.register_buffer("ret_high", torch.zeros(()))
         self.register_buffer("ret_seen", torch.zeros((), dtype=torch.bool))
-        self.actor_opt = Optimizer(self.actor.parameters(), cfg.actor_lr, cfg.eps, cfg.weight_decay, cfg.grad_clip)
-        self.critic_opt = Optimizer(self.critic.parameters(), cfg.critic_lr, cfg.eps, cfg.weight_decay, cfg.grad_clip)
+        self.actor_opt = Optimizer(self.actor.parameters(), cfg.actor_lr, cfg.eps, cfg.weight_decay, cfg.grad_clip,
+                                   name="actor/loss")
+        self.critic_opt = Optimizer(self.critic.parameters(), cfg.critic_lr, cfg.eps, cfg.weight_decay, cfg.grad_clip,
+                                    name="critic/loss")
 
     # ------------------------------------------------------------------ the policy
     def policy_dist(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,10 +173,11 @@ class ActorCritic(nn.Module):
 
     def train_step(self, world_model: nn.Module, start: State, start_cont: torch.Tensor,
                    mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One actor and one critic update from imagined rollouts, then the slow critic moves."""
+        """One actor and one critic update from imagined rollouts, then the slow critic moves. A non-finite
+        loss raises NonFiniteLossError naming it and the non-finite metrics (``Optimizer.step``)."""
         actor_loss, critic_loss, metrics = self.loss(world_model, start, start_cont, mask)
-        metrics["actor/grad_norm"] = torch.tensor(self.actor_opt.step(actor_loss)["grad_norm"])
-        metrics["critic/grad_norm"] = torch.tensor(self.critic_opt.step(critic_loss)["grad_norm"])
+        metrics["actor/grad_norm"] = torch.tensor(self.actor_opt.step(actor_loss, metrics)["grad_norm"])
+        metrics["critic/grad_norm"] = torch.tensor(self.critic_opt.step(critic_loss, metrics)["grad_norm"])
         self.update_slow_critic()
         return metrics
 

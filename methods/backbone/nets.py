@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.errors import NonFiniteLossError
 
 # ----------------------------------------------------------------------------- transforms
 
@@ -202,7 +203,9 @@ class TwoHot:
     def log_prob(self, target: torch.Tensor) -> torch.Tensor:
         assert target.shape == self.logits.shape[:-1], f"target {tuple(target.shape)} vs logits {tuple(self.logits.shape)}"
         pos = (symlog(target.float()).clamp(self.lo, self.hi) - self.lo) / self.step
-        below = pos.floor().clamp(0, self.n - 2)
+        # A nan target (a diverged value) gets bin 0 to index with and a nan log-probability, so the loss
+        # is nan and the update's finiteness check names it; casting nan to an index would crash instead.
+        below = torch.nan_to_num(pos.floor(), nan=0.0).clamp(0, self.n - 2)
         frac = (pos - below).unsqueeze(-1)
         below = below.long().unsqueeze(-1)
         logp = torch.log_softmax(self.logits, -1)
@@ -240,19 +243,22 @@ def categorical_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- optimisation
 
 class Optimizer:
-    """AdamW + global-norm clipping over a parameter group; skips the step on a non-finite loss."""
+    """AdamW + global-norm clipping over a parameter group; stops on a non-finite loss."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float, eps: float, weight_decay: float,
-                 grad_clip: float):
+                 grad_clip: float, name: str = "loss"):
         self.params = [p for p in params if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr, eps=eps, weight_decay=weight_decay)
         self.grad_clip = grad_clip
+        self.name = name   # the loss it minimises, for the error message (e.g. wm/loss)
 
-    def step(self, loss: torch.Tensor) -> dict[str, float]:
-        """Backward and step; returns the gradient norm. A non-finite loss leaves the weights alone."""
+    def step(self, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """Backward and step; returns the gradient norm. A non-finite loss raises NonFiniteLossError before
+        the weights change, naming the loss and the non-finite ones among ``parts`` (its terms)."""
         self.opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return {"grad_norm": float("nan")}
+        if not torch.isfinite(loss):   # the one device sync of the check
+            others = {k: v for k, v in (parts or {}).items() if k != self.name}
+            raise NonFiniteLossError(f"non-finite {self.name}={float(loss.detach())}{_nonfinite_parts(others)}")
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         if torch.isfinite(norm):
@@ -264,6 +270,14 @@ class Optimizer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state)
+
+
+def _nonfinite_parts(parts: dict[str, torch.Tensor] | None) -> str:
+    if not parts:
+        return ""
+    values = torch.stack([v.detach().float().mean() for v in parts.values()]).tolist()
+    bad = [f"{k}={v}" for k, v in zip(parts, values) if not math.isfinite(v)]
+    return f" (also non-finite: {', '.join(bad)})" if bad else ""
 
 
 def count_parameters(module: nn.Module) -> int:

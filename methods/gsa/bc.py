@@ -14,18 +14,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
+from methods.base import MAX_BATCH, MAX_CHANNELS, MAX_COUNT, MAX_WIDTH, ranged
 from methods.drqv2 import random_shift
 
 
 @dataclass(frozen=True)
 class BCConfig:
-    frame_stack: int = 3          # G.1: 9 x 64 x 64 input = 3 stacked RGB frames
-    channels: tuple[int, ...] = (32, 64, 128, 256)  # G.1: kernel depths, k4 s2, ELU
-    hidden: int = 512             # ncrl: MLP 512-LN-ELU-512-LN-ELU
-    lr: float = 1e-4              # ncrl: Adam 1e-4
-    batch_size: int = 256         # ncrl: batch 256
-    grad_updates: int = 150_000   # ncrl: 150k updates on the retrieved data, before online training
-    aug_pad: int = 3              # ncrl: random shift, pad 3
+    frame_stack: int = ranged(3, ge=1, le=64)  # G.1: 9 x 64 x 64 input = 3 stacked RGB frames
+    # at most 4 at 64 px; G.1: kernel depths, k4 s2, ELU
+    channels: tuple[int, ...] = ranged((32, 64, 128, 256), ge=1, le=MAX_CHANNELS)
+    hidden: int = ranged(512, ge=1, le=MAX_WIDTH)  # ncrl: MLP 512-LN-ELU-512-LN-ELU
+    lr: float = ranged(1e-4, gt=0)  # ncrl: Adam 1e-4
+    batch_size: int = ranged(256, ge=1, le=MAX_BATCH)  # ncrl: batch 256
+    # ncrl: 150k updates on the retrieved data, before online training
+    grad_updates: int = ranged(150_000, ge=1, le=MAX_COUNT)
+    aug_pad: int = ranged(3, ge=0, le=32)  # ncrl: random shift, pad 3
+
+    def validate(self) -> None:
+        if len(self.channels) > 4:
+            raise HarnessError(f"channels={self.channels}: at most 4 stride-2 convs fit a 64x64 image")
 
 
 class BCPolicy(nn.Module):

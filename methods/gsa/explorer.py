@@ -22,25 +22,24 @@ from torch import nn
 
 from harness.replay import EpisodeReplay
 from methods.backbone.actor_critic import ActorCritic
-from methods.backbone.config import (DEBUG_AC, DEBUG_MODEL, TINY_AC, TINY_MODEL, ActorCriticConfig,
-                                     WorldModelConfig)
+from methods.backbone.config import DEBUG_AC, DEBUG_MODEL, TINY_AC, TINY_MODEL, ActorCriticConfig, WorldModelConfig
 from methods.backbone.nets import MLP, Optimizer
 from methods.backbone.world_model import WorldModel
-from methods.base import Step
+from methods.base import MAX_BATCH, MAX_COUNT, MAX_LENGTH, MAX_WIDTH, Step, ranged
 
 
 @dataclass(frozen=True)
 class ExplorerConfig:
     model: WorldModelConfig = field(default_factory=lambda: TINY_MODEL)   # CPU-sized backbone (config.py)
     ac: ActorCriticConfig = field(default_factory=lambda: TINY_AC)
-    ensemble: int = 5             # Plan2Explore: 5 one-step predictors
-    head_layers: int = 2          # ours: MLP heads of the ensemble
-    head_units: int = 256
-    head_lr: float = 3e-4         # ours
-    batch_size: int = 16          # ours: CPU-sized (DreamerV3: 16 x 64)
-    seq_len: int = 32
-    train_every: int = 8          # agent steps per update (train ratio batch*seq/train_every = 64)
-    warmup_steps: int = 500       # uniform random actions before the first update
+    ensemble: int = ranged(5, ge=2, le=64)  # Plan2Explore: 5 one-step predictors
+    head_layers: int = ranged(2, ge=0, le=32)  # ours: MLP heads of the ensemble
+    head_units: int = ranged(256, ge=1, le=MAX_WIDTH)
+    head_lr: float = ranged(3e-4, gt=0)  # ours
+    batch_size: int = ranged(16, ge=1, le=MAX_BATCH)  # ours: CPU-sized (DreamerV3: 16 x 64)
+    seq_len: int = ranged(32, ge=1, le=MAX_LENGTH)
+    train_every: int = ranged(8, ge=1, le=MAX_COUNT)  # agent steps per update (train ratio batch*seq/train_every = 64)
+    warmup_steps: int = ranged(500, ge=0, le=MAX_COUNT)  # uniform random actions before the first update
 
 
 DEBUG = ExplorerConfig(model=DEBUG_MODEL, ac=DEBUG_AC, ensemble=3, head_layers=1, head_units=16, batch_size=4,

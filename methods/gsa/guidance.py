@@ -11,17 +11,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from methods.base import MAX_COUNT, ranged
+
 
 @dataclass(frozen=True)
 class GuidanceSchedule:
     # Table 5: "linear(1,0,50000) for DMControl, linear(1,0,1,150000) for Meta-World" (the latter read as
     # linear(1, 0, 150000)); ncrl's code decays 1 -> 0.1 over 100k agent steps instead. Units: agent steps.
-    prob_start: float = 1.0
-    prob_end: float = 0.0
-    duration_agent_steps: int = 50_000
-    window_fractions: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))  # ncrl: {0.1..1.0}
-    anchor: str = "random"        # GSA: the window starts anywhere; "start": at step 0 (JSRL's guide-policy
-                                  # roll-in, Uchendu et al. 2023, the paper's JSRL-BC neighbour)
+    prob_start: float = ranged(1.0, ge=0, le=1)
+    prob_end: float = ranged(0.0, ge=0, le=1)
+    duration_agent_steps: int = ranged(50_000, ge=0, le=MAX_COUNT)
+    # ncrl: {0.1..1.0}
+    window_fractions: tuple[float, ...] = ranged(tuple(round(0.1 * i, 1) for i in range(1, 11)), gt=0, le=1)
+    # GSA: the window starts anywhere; "start": at step 0 (JSRL's guide-policy roll-in, Uchendu et al. 2023, the
+    # paper's JSRL-BC neighbour)
+    anchor: str = ranged("random", one_of=("random", "start"))
 
     def prob(self, agent_steps: int) -> float:
         """p(t): the chance that an episode starting at ``agent_steps`` gets a BC window."""

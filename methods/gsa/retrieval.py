@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from harness.errors import HarnessError
+from methods.base import ranged
 
 INDEX_DIR = "index"
 INDEX_FORMAT = "gsa-retrieval"
@@ -39,14 +40,15 @@ INDEX_TYPES = ("flat", "fp16")
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    k: int = 500                    # ncrl: keep the 500 nearest trajectories
-    index_type: str = "flat"        # ncrl: faiss IndexFlatL2 (exact). "fp16": half the memory and scan, ~exact
-    blas_threshold: int = 20_000    # faiss.cvar.distance_compute_blas_threshold: queries below it use the SIMD
-                                    # scan instead of BLAS (anchors.md section 6: 7x faster for 100 queries
-                                    # with faiss's old default of 20; 1.15.1's default is 128000)
-    threads: int = 1                # faiss OpenMP threads (0: faiss's default, all cores). 1: retrieval runs
-                                    # beside training, and a second thread pool oversubscribes the cores
-                                    # (benchmarks/bench_retrieval.py: 2 threads were 3-4x slower here)
+    k: int = ranged(500, ge=1, le=1_000_000)  # ncrl: keep the 500 nearest trajectories
+    # ncrl: faiss IndexFlatL2 (exact). "fp16": half the memory and scan, ~exact
+    index_type: str = ranged("flat", one_of=("flat", "fp16"))
+    # faiss.cvar.distance_compute_blas_threshold: queries below it use the SIMD scan instead of BLAS (anchors.md
+    # section 6: 7x faster for 100 queries with faiss's old default of 20; 1.15.1's default is 128000)
+    blas_threshold: int = ranged(20_000, ge=0, le=2**31 - 1)
+    # faiss OpenMP threads (0: faiss's default, all cores). 1: retrieval runs beside training, and a second thread
+    # pool oversubscribes the cores (benchmarks/bench_retrieval.py: 2 threads were 3-4x slower here)
+    threads: int = ranged(1, ge=0, le=1024)
 
 
 def encoder_fingerprint(wm: Any) -> str:
@@ -107,6 +109,7 @@ def build_index(pretrain_dir: str | Path, data: str | Path | None = None, *, ind
     """Embed the first frame of every trajectory of the dataset (default: the one the model was pre-trained
     on) with the pre-trained encoder and write the index into ``<pretrain_dir>/index/``."""
     from tqdm import tqdm
+
     from harness.offline import MANIFEST_FILE, open_dataset
     from methods.gsa.pretrain import PRETRAIN_FILE, load_pretrained
     pdir = Path(pretrain_dir)

@@ -18,7 +18,7 @@ from dm_control.rl import control  # noqa: E402
 from dm_control.suite import cheetah, common, quadruped, walker  # noqa: E402
 from dm_control.utils import rewards  # noqa: E402
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError  # noqa: E402
 
 INF = float("inf")
 
@@ -28,6 +28,10 @@ WALKER_TIME_LIMIT_S, WALKER_CONTROL_TIMESTEP_S = 25.0, 0.025
 CHEETAH_TIME_LIMIT_S = 10.0  # control step = physics step 0.01
 
 QUADRUPED_WALK_SPEED, QUADRUPED_RUN_SPEED = 0.5, 5.0  # dm_control's walk/run speeds
+# Floor half-size (m). URLB (custom_dmc_tasks/quadruped.py) and ncrl build every task they add --
+# stand, jump, roll and roll_fast alike -- on time limit x walk speed = 10 m, the floor of dm_control's
+# walk (dm_control's run uses 100 m). The floor's size scales its grid texture, so it shows in pixels.
+QUADRUPED_FLOOR_SIZE = QUADRUPED_TIME_LIMIT_S * QUADRUPED_WALK_SPEED
 JUMP_HEIGHT = 1.0
 WALKER_STAND_HEIGHT = 1.2
 SPIN_SPEED = 5.0
@@ -132,8 +136,8 @@ class CheetahTask(cheetah.Cheetah):
         return self._reward_fn(physics)
 
 
-def _quadruped(reward_fn: RewardFn, floor_speed: float, random, time_limit, env_kwargs):
-    xml = quadruped.make_model(floor_size=QUADRUPED_TIME_LIMIT_S * floor_speed)
+def _quadruped(reward_fn: RewardFn, random, time_limit, env_kwargs):
+    xml = quadruped.make_model(floor_size=QUADRUPED_FLOOR_SIZE)
     physics = QuadrupedPhysics.from_xml_string(xml, common.ASSETS)
     return control.Environment(
         physics, QuadrupedTask(reward_fn, random=random),
@@ -158,12 +162,12 @@ def _cheetah(reward_fn: RewardFn, random, time_limit, env_kwargs):
 
 # (domain, task) -> builder(random, time_limit, environment_kwargs) -> control.Environment
 _BUILDERS: dict[tuple[str, str], Callable] = {
-    ("quadruped", "stand"): lambda *a: _quadruped(quadruped_stand_reward, QUADRUPED_WALK_SPEED, *a),
-    ("quadruped", "jump"): lambda *a: _quadruped(quadruped_jump_reward, QUADRUPED_WALK_SPEED, *a),
+    ("quadruped", "stand"): lambda *a: _quadruped(quadruped_stand_reward, *a),
+    ("quadruped", "jump"): lambda *a: _quadruped(quadruped_jump_reward, *a),
     ("quadruped", "roll"): lambda *a: _quadruped(
-        lambda p: quadruped_roll_reward(p, QUADRUPED_WALK_SPEED), QUADRUPED_WALK_SPEED, *a),
+        lambda p: quadruped_roll_reward(p, QUADRUPED_WALK_SPEED), *a),
     ("quadruped", "roll_fast"): lambda *a: _quadruped(
-        lambda p: quadruped_roll_reward(p, QUADRUPED_RUN_SPEED), QUADRUPED_RUN_SPEED, *a),
+        lambda p: quadruped_roll_reward(p, QUADRUPED_RUN_SPEED), *a),
     ("walker", "flip"): lambda *a: _walker(walker_flip_reward, *a),
     ("cheetah", "run_backward"): lambda *a: _cheetah(cheetah_run_backward_reward, *a),
     ("cheetah", "flip"): lambda *a: _cheetah(lambda p: cheetah_flip_reward(p, 1.0), *a),

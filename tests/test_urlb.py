@@ -95,6 +95,37 @@ def test_walk_and_run_are_dm_controls(name, domain_task):
         env.close()
 
 
+# Floor half-size (m) of every quadruped task in the reference code: URLB's custom_dmc_tasks/quadruped.py
+# (and ncrl's copy) builds stand, jump, roll and roll_fast all on 20 s x walk speed 0.5 = 10 m; walk
+# and run are dm_control's (20 s x 0.5 = 10 m, 20 s x 5 = 100 m).
+REFERENCE_FLOOR_SIZE = {"quadruped-stand": 10.0, "quadruped-walk": 10.0, "quadruped-run": 100.0,
+                        "quadruped-jump": 10.0, "quadruped-roll": 10.0, "quadruped-roll_fast": 10.0}
+
+
+def test_every_quadruped_floor_is_the_references():
+    from tasks.catalog import TASKS
+    from tasks.dmc import load_dm_env
+    names = {n for n in TASKS.names() if n.startswith("quadruped-")}
+    assert names == set(REFERENCE_FLOOR_SIZE), "a quadruped task without a reference floor size"
+    for name in sorted(names):
+        floor = load_dm_env(TASKS.get(name), seed=0).physics.named.model.geom_size["floor"]
+        np.testing.assert_array_equal(floor, (REFERENCE_FLOOR_SIZE[name],) * 2 + (0.5,), err_msg=name)
+
+
+def test_roll_fast_pixels_are_the_10m_floors():
+    """Camera 2 at one state: roll_fast renders like dm_control's walk (10 m floor), not like run (100 m)."""
+    from dm_control import suite
+
+    def render(env):
+        physics = set_quadruped(env.physics, SIDEWAYS, height=1.0)
+        return physics.render(64, 64, camera_id=2)
+
+    roll_fast = render(urlb.load("quadruped", "roll_fast", random=0))
+    np.testing.assert_array_equal(roll_fast, render(suite.load("quadruped", "walk", task_kwargs={"random": 0})))
+    run = render(suite.load("quadruped", "run", task_kwargs={"random": 0}))
+    assert (roll_fast != run).any(axis=-1).mean() > 0.05     # the floor's grid is 10x coarser at 100 m
+
+
 @pytest.fixture(scope="module")
 def walker():
     return urlb.load("walker", "flip", random=0).physics

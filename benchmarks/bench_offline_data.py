@@ -34,8 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.offline import (MANIFEST_FILE, SHARD_FILE, SHARDS_DIR, DatasetWriter,  # noqa: E402
-                             _atomic_write_json, open_dataset)
+from harness.offline import MANIFEST_FILE, SHARD_FILE, SHARDS_DIR, DatasetWriter, _atomic_write_json, open_dataset  # noqa: E402
 
 BATCH, SEQ = 16, 64   # Table 5
 
@@ -90,7 +89,7 @@ def replicate(src: Path, dest: Path, copies: int) -> None:
     manifest = json.loads((src / MANIFEST_FILE).read_text())
     shards = sorted(p for p in (src / SHARDS_DIR).iterdir())
     listed = []
-    for c in range(copies):
+    for _ in range(copies):
         for s in shards:
             name = f"shard-{len(listed):06d}"
             shutil.copytree(s, dest / SHARDS_DIR / name)
@@ -174,7 +173,8 @@ def child(data: str, updates: int, limit_gb: float, out: str) -> None:
     threading.Thread(target=watch, daemon=True).start()
     import torch
     torch.set_num_threads(1)
-    from methods.gsa.pretrain import make_config, pretrain
+    from harness.pretraining import pretrain
+    from methods.gsa.pretrain import make_config
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(out).parent / 'mlflow.db'}"
     cfg = make_config("debug", {"grad_updates": str(updates), "batch_size": str(BATCH), "seq_len": str(SEQ),
                                 "log_every": str(max(updates // 4, 1)), "checkpoint_every": str(updates),

@@ -22,8 +22,10 @@ frames.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,7 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, check_int
+from harness.lifecycle import guarded
 from harness.offline import COMPRESSIONS, MANIFEST_FILE, DatasetWriter, _read_manifest, image_grid, open_dataset
 
 POLICIES = ("expert", "random", "ou", "disagreement")
@@ -62,14 +65,21 @@ class CollectConfig:
     append: bool = False                   # add to an existing dataset (same schema)
 
     def validate(self) -> "CollectConfig":
-        from tasks.catalog import TASKS
         from tasks.base import OBS_TYPES, RENDER_QUALITIES
+        from tasks.catalog import TASKS
         if not self.tasks:
             raise HarnessError("give at least one task (--tasks a,b,c; see `cli.py tasks list`)")
         for t in self.tasks:
             TASKS.get(t)  # unknown names: a clear error with suggestions
-        if self.episodes < 1:
-            raise HarnessError(f"--episodes must be >= 1, got {self.episodes}")
+        check_int(self.episodes, "--episodes", 1)
+        check_int(self.action_repeat, "--action-repeat", 1, 1000)
+        check_int(self.seed, "--seed", 0, 2**63 - 1)
+        check_int(self.shard_steps, "--shard-steps", 1)
+        check_int(self.chunk_steps, "chunk_steps", 1)
+        for option, value in (("--episode-frames", self.episode_frames), ("--action-pad-dim", self.action_pad_dim),
+                              ("--proprio-pad-dim", self.proprio_pad_dim)):
+            if value is not None:
+                check_int(value, option, 1, 10**9 if option == "--episode-frames" else 65_536)
         bad = [p for p in self.policies if p not in POLICIES]
         if bad:
             raise HarnessError(f"unknown policy {bad[0]!r}; valid: {', '.join(POLICIES)}")
@@ -81,11 +91,27 @@ class CollectConfig:
             raise HarnessError(f"unknown render quality {self.render_quality!r}; valid: {', '.join(RENDER_QUALITIES)}")
         if self.compression not in COMPRESSIONS:
             raise HarnessError(f"unknown compression {self.compression!r}; valid: {', '.join(COMPRESSIONS)}")
-        if not 0 < self.ou_theta <= 1:
+        if not 0 < self.ou_theta <= 1:   # nan fails this too
             raise HarnessError(f"ou_theta must be in (0, 1], got {self.ou_theta}")
         if self.explorer_preset not in ("tiny", "debug"):
             raise HarnessError(f"unknown explorer preset {self.explorer_preset!r}; valid: tiny, debug")
         return self
+
+
+def check_output_dir(out: str | Path) -> Path:
+    """The dataset directory ``out`` exists as a directory (it is created here) and can be written: a file,
+    or a place no directory can be made (``/proc/...``), is a clear error before anything is collected."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"the dataset path {out} exists and is not a directory; give a directory for OUT")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HarnessError(f"cannot create the dataset directory {out}: {exc.strerror or exc}"
+                           + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out) else "")) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise HarnessError(f"the dataset directory {out} is not writable")
+    return out
 
 
 @dataclass(frozen=True)
@@ -256,6 +282,7 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
             reporter: Any | None = None, log_mlflow: bool = True) -> CollectResult:
     """Collect the episodes ``cfg`` asks for into the dataset at ``out`` and describe it in MLflow."""
     from tqdm import tqdm
+
     from tasks.base import EnvConfig, make_env
     from tasks.catalog import TASKS
 
@@ -269,6 +296,7 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
         obs_spec["pixels"] = ((3, 64, 64), np.uint8)
     if "proprio" in stored:
         obs_spec["proprio"] = ((proprio_pad,), np.float32)
+    check_output_dir(out)
     created = not (out / MANIFEST_FILE).exists()
     writer = DatasetWriter(out, obs_spec, action_pad, shard_steps=cfg.shard_steps, compression=cfg.compression,
                            chunk_steps=cfg.chunk_steps, append=cfg.append,
@@ -281,9 +309,18 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
         rep = reporter or MlflowReporter()
         params = flatten({"collect": dataclasses.asdict(cfg) | {"action_pad_dim": action_pad,
                                                                  "proprio_pad_dim": proprio_pad}})
-        run_id = rep.start("datasets", out.resolve().name,
-                           {"kind": "collect", "dataset_path": str(out.resolve()), "append": str(cfg.append)}, params)
+        try:
+            run_id = rep.start("datasets", out.resolve().name,
+                               {"kind": "collect", "dataset_path": str(out.resolve()), "append": str(cfg.append)}, params)
+        except BaseException:
+            if created and writer.episodes_written == 0:
+                import shutil
+                shutil.rmtree(out, ignore_errors=True)   # the store refused the run: leave no empty dataset
+            raise
         echo(f"MLflow run {run_id} (experiment 'datasets'); writing {out}")
+    # one lifecycle (harness/lifecycle.py): an error or a kill ends the run FAILED/KILLED with this hint
+    guard = (guarded(rep, lambda: f"Its {writer.episodes_written} committed episodes are kept in {out}; collect more "
+                                  "into it with --append.", echo) if rep is not None else contextlib.nullcontext())
 
     total = len(settings) * cfg.episodes
     bar = tqdm(total=total, unit="episode", desc="collect", dynamic_ncols=True, disable=None)
@@ -291,90 +328,98 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
     first_frames: list[np.ndarray] = []
     env_frames, episodes_done, t0 = 0, 0, time.monotonic()
     status = "FAILED"
-    try:
-        with writer:
-            for si, s in enumerate(settings):
-                info = TASKS.get(s.task)
-                env_obs = cfg.obs_type
-                if s.policy in ("expert", "disagreement") and env_obs == "pixels":
-                    env_obs = "both"   # these policies read the state; only pixels are stored
-                seq = np.random.SeedSequence([cfg.seed, existing, si])
-                env_seed, pol_seed = (int(x) for x in seq.generate_state(2))
-                env = make_env(s.task, EnvConfig(obs_type=env_obs, render_quality=cfg.render_quality,
-                                                 action_repeat=cfg.action_repeat, episode_frames=cfg.episode_frames,
-                                                 action_pad_dim=action_pad, proprio_pad_dim=proprio_pad), seed=env_seed)
-                policy = make_policy(s, cfg, info.action_dim, action_pad, proprio_pad, np.random.default_rng(pol_seed))
-                returns, successes = [], []
-                try:
-                    for _ in range(cfg.episodes):
-                        ep, ret, success, frames = _run_episode(env, policy, action_pad, stored)
-                        writer.add_episode(ep, embodiment=info.embodiment, task=s.task, policy=s.policy,
-                                           noise=s.noise, action_dim=info.action_dim, seed=env_seed)
-                        if "pixels" in ep and len(first_frames) < 64 and len(returns) == 0:
-                            first_frames.append(ep["pixels"][0])
-                        returns.append(ret)
-                        successes.append(success)
-                        env_frames += frames
-                        episodes_done += 1
-                        bar.update(1)
-                        bar.set_postfix(task=s.task, policy=s.label,
-                                        fps=f"{env_frames / max(time.monotonic() - t0, 1e-6):.0f}")
-                finally:
-                    env.close()
-                row = {"task": s.task, "embodiment": info.embodiment, "policy": s.policy, "noise": s.noise,
-                       "episodes": len(returns), "mean_return": float(np.mean(returns))}
-                if info.score_kind == "success":
-                    row["success_rate"] = float(np.mean(successes))
-                if getattr(policy, "metrics", None):
-                    row |= {f"explorer_{k}": v for k, v in policy.metrics.items()} | {"explorer_updates": policy.updates}
-                per_setting.append(row)
-                bar.write(f"  [{si + 1}/{len(settings)}] {s.task} {s.label}: {len(returns)} episodes, mean return "
-                          f"{row['mean_return']:.1f}" + (f", success {row['success_rate']:.2f}" if "success_rate" in row else ""))
-                if rep is not None:
-                    key = f"collect/{s.task}/{s.label}"
-                    rep.log_metrics({f"{key}/mean_return": row["mean_return"],
-                                     **({f"{key}/success_rate": row["success_rate"]} if "success_rate" in row else {}),
-                                     **{f"{key}/{k}": v for k, v in row.items() if k.startswith("explorer_")},
-                                     "collect/episodes": episodes_done, "collect/env_frames": env_frames,
-                                     "collect/env_fps": env_frames / max(time.monotonic() - t0, 1e-6)},
-                                    step=episodes_done)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        bar.close()
-        if status != "FINISHED":
-            echo(f"collection stopped: {writer.episodes_written} complete episodes were committed to {out}")
-            if created and writer.episodes_written == 0:
-                import shutil
-                shutil.rmtree(out, ignore_errors=True)   # nothing collected: leave no empty dataset behind
-        summary: dict[str, Any] = {}
+    with guard:
         try:
-            ds = open_dataset(out, list(stored))
-            summary = ds.summary()
-            ds.close()
-        except HarnessError:
-            pass   # nothing committed (an early failure): nothing to describe
+            with writer:
+                for si, s in enumerate(settings):
+                    info = TASKS.get(s.task)
+                    env_obs = cfg.obs_type
+                    if s.policy in ("expert", "disagreement") and env_obs == "pixels":
+                        env_obs = "both"   # these policies read the state; only pixels are stored
+                    seq = np.random.SeedSequence([cfg.seed, existing, si])
+                    env_seed, pol_seed = (int(x) for x in seq.generate_state(2))
+                    env = make_env(s.task, EnvConfig(obs_type=env_obs, render_quality=cfg.render_quality,
+                                                     action_repeat=cfg.action_repeat, episode_frames=cfg.episode_frames,
+                                                     action_pad_dim=action_pad, proprio_pad_dim=proprio_pad), seed=env_seed)
+                    policy = make_policy(s, cfg, info.action_dim, action_pad, proprio_pad, np.random.default_rng(pol_seed))
+                    returns, successes = [], []
+                    try:
+                        for _ in range(cfg.episodes):
+                            ep, ret, success, frames = _run_episode(env, policy, action_pad, stored)
+                            writer.add_episode(ep, embodiment=info.embodiment, task=s.task, policy=s.policy,
+                                               noise=s.noise, action_dim=info.action_dim, seed=env_seed)
+                            if "pixels" in ep and len(first_frames) < 64 and len(returns) == 0:
+                                first_frames.append(ep["pixels"][0])
+                            returns.append(ret)
+                            successes.append(success)
+                            env_frames += frames
+                            episodes_done += 1
+                            bar.update(1)
+                            bar.set_postfix(task=s.task, policy=s.label,
+                                            fps=f"{env_frames / max(time.monotonic() - t0, 1e-6):.0f}")
+                    finally:
+                        env.close()
+                    row = {"task": s.task, "embodiment": info.embodiment, "policy": s.policy, "noise": s.noise,
+                           "episodes": len(returns), "mean_return": float(np.mean(returns))}
+                    if info.score_kind == "success":
+                        row["success_rate"] = float(np.mean(successes))
+                    if getattr(policy, "metrics", None):
+                        row |= {f"explorer_{k}": v for k, v in policy.metrics.items()} | {"explorer_updates": policy.updates}
+                    per_setting.append(row)
+                    bar.write(f"  [{si + 1}/{len(settings)}] {s.task} {s.label}: {len(returns)} episodes, mean return "
+                              f"{row['mean_return']:.1f}"
+                              + (f", success {row['success_rate']:.2f}" if "success_rate" in row else ""))
+                    if rep is not None:
+                        key = f"collect/{s.task}/{s.label}"
+                        rep.log_metrics({f"{key}/mean_return": row["mean_return"],
+                                         **({f"{key}/success_rate": row["success_rate"]} if "success_rate" in row else {}),
+                                         **{f"{key}/{k}": v for k, v in row.items() if k.startswith("explorer_")},
+                                         "collect/episodes": episodes_done, "collect/env_frames": env_frames,
+                                         "collect/env_fps": env_frames / max(time.monotonic() - t0, 1e-6)},
+                                        step=episodes_done)
+            status = "FINISHED"
+        finally:
+            bar.close()
+            if status != "FINISHED":
+                echo(f"collection stopped: {writer.episodes_written} complete episodes were committed to {out}")
+                if created and writer.episodes_written == 0:
+                    import shutil
+                    shutil.rmtree(out, ignore_errors=True)   # nothing collected: leave no empty dataset behind
+            summary: dict[str, Any] = {}
+            try:
+                ds = open_dataset(out, list(stored))
+                summary = ds.summary()
+                ds.close()
+            except HarnessError:
+                pass   # nothing committed (an early failure): nothing to describe
+            if rep is not None:   # what was committed is described even when the collection failed
+                quiet = contextlib.suppress(Exception) if status != "FINISHED" else contextlib.nullcontext()
+                with quiet:   # a failing store must not hide the error that stopped the collection
+                    _describe(rep, summary, per_setting, first_frames, episodes_done)
         if rep is not None:
-            if summary:
-                rep.log_metrics({"dataset/episodes": summary["episodes"], "dataset/stored_steps": summary["stored_steps"],
-                                 "dataset/bytes_on_disk": summary["bytes_on_disk"],
-                                 "dataset/bytes_per_million_steps": summary["bytes_per_million_steps"],
-                                 "dataset/damaged": summary["damaged"]}, step=episodes_done)
-                rep.log_json(summary, "dataset_summary.json")
-            rep.log_json(per_setting, "collect_settings.json")
-            if first_frames:
-                _log_first_frames(rep, first_frames)
-            rep.close(status)
+            rep.close("FINISHED")
     echo(f"collected {episodes_done} episodes ({env_frames:,} env frames) into {out}: "
          f"{summary.get('episodes', 0)} episodes, {summary.get('stored_steps', 0):,} stored steps in all, "
          f"{summary.get('bytes_per_million_steps', 0) / 1e9:.2f} GB per million steps")
     return CollectResult(out, run_id, episodes_done, writer.steps_written, env_frames, summary, per_setting)
 
 
+def _describe(rep: Any, summary: dict[str, Any], per_setting: list[dict[str, Any]], first_frames: list[np.ndarray],
+              episodes_done: int) -> None:
+    if summary:
+        rep.log_metrics({"dataset/episodes": summary["episodes"], "dataset/stored_steps": summary["stored_steps"],
+                         "dataset/bytes_on_disk": summary["bytes_on_disk"],
+                         "dataset/bytes_per_million_steps": summary["bytes_per_million_steps"],
+                         "dataset/damaged": summary["damaged"]}, step=episodes_done)
+        rep.log_json(summary, "dataset_summary.json")
+    rep.log_json(per_setting, "collect_settings.json")
+    if first_frames:
+        _log_first_frames(rep, first_frames)
+
+
 def _log_first_frames(rep: Any, frames: list[np.ndarray]) -> None:
     import tempfile
+
     import imageio.v2 as imageio
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "first_frames.png"

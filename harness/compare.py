@@ -21,6 +21,7 @@ import numpy as np
 
 from harness import metrics
 from harness.errors import HarnessError
+from harness.lifecycle import guarded
 from harness.reporting import MlflowReporter
 
 # What must agree for runs to be compared: the stream's tasks and budgets, and the env settings.
@@ -78,14 +79,19 @@ def _load_run(client: Any, run: Any, tmp: Path) -> RunData:
 
 
 def collect_runs(rep: MlflowReporter, stream: str, methods: list[str] | None = None,
-                 seeds: list[int] | None = None) -> tuple[dict[str, list[RunData]], list[str], list[str]]:
-    """Finished parent runs of ``stream`` grouped by method, the excluded runs (with the reason), and
-    the task names."""
+                 seeds: list[int] | None = None, sweep: str | None = None
+                 ) -> tuple[dict[str, list[RunData]], list[str], list[str]]:
+    """Finished parent runs of ``stream`` (of one sweep's, when ``sweep`` is given) grouped by method, the
+    excluded runs (with the reason), and the task names."""
     exp = rep.client.get_experiment_by_name(f"stream/{stream}")
     if exp is None:
         raise HarnessError(f"no runs of stream {stream!r} in {rep.uri} (no experiment 'stream/{stream}')")
     runs = rep.client.search_runs([exp.experiment_id], max_results=5000)
     parents = [r for r in runs if "method" in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
+    if sweep is not None:
+        parents = [r for r in parents if r.data.tags.get("sweep") == sweep]
+        if not parents:
+            raise HarnessError(f"no runs of sweep {sweep!r} on stream {stream!r} in {rep.uri}")
     finished = [r for r in parents if r.info.status == "FINISHED"]
     have = sorted({r.data.tags["method"] for r in finished})
     if methods:
@@ -99,7 +105,7 @@ def collect_runs(rep: MlflowReporter, stream: str, methods: list[str] | None = N
     if not finished:
         raise HarnessError(f"no finished runs to compare on stream {stream!r}"
                            + (f" for seeds {seeds}" if seeds is not None else ""))
-    excluded = [f"{r.info.run_id} ({r.data.tags['method']}, seed {r.data.tags.get('seed')}): status {r.info.status}"
+    excluded = [f"{r.info.run_id} ({r.data.tags['method']}, seed {r.data.tags.get('seed')}): {_unfinished(r)}"
                 for r in parents if r.info.status != "FINISHED" and (not methods or r.data.tags["method"] in methods)]
     # A (method, seed) run again (after a code change, say) replaces the earlier one: only the newest counts.
     newest: dict[tuple[str, str | None], str] = {}
@@ -122,6 +128,18 @@ def collect_runs(rep: MlflowReporter, stream: str, methods: list[str] | None = N
             excluded.append(f"{d.run_id} ({d.method}, seed {d.seed}): different settings: {'; '.join(diff)}")
     names = [t["name"] for t in _tasks_of(reference)]
     return dict(groups), excluded, names
+
+
+def _unfinished(run: Any) -> str:
+    """Why a parent run is not compared, with what to do about it."""
+    from harness.lifecycle import liveness
+    hint = f"continue it with `run-stream --resume {run.info.run_id}`"
+    if run.info.status != "RUNNING":
+        return f"status {run.info.status}; {hint}"
+    lv = liveness(run)
+    if lv.state == "dead":
+        return f"dead: RUNNING in MLflow but {lv.reason}; {hint}, or mark it KILLED with `runs gc`"
+    return f"still running ({lv.reason})"
 
 
 def _tasks_of(signature: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -214,9 +232,10 @@ def plot_R(groups: dict[str, list[RunData]], task_names: list[str], path: Path) 
 
 
 def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | None = None,
-            out_dir: str | Path | None = None, reporter: MlflowReporter | None = None) -> Comparison:
+            out_dir: str | Path | None = None, reporter: MlflowReporter | None = None,
+            sweep: str | None = None) -> Comparison:
     rep = reporter or MlflowReporter()
-    groups, excluded, names = collect_runs(rep, stream, methods, seeds)
+    groups, excluded, names = collect_runs(rep, stream, methods, seeds, sweep)
     rows = summarize(groups, names)
     out = Path(out_dir or Path("comparisons") / f"{stream}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -233,11 +252,13 @@ def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | No
                   plot_R(groups, names, out / "R_matrices.png")]
     rep.start(f"stream/{stream}", "comparison",
               {"run_type": "comparison", "stream": stream, "methods": ",".join(sorted(groups)),
-               "compared_runs": ",".join(d.run_id for runs in groups.values() for d in runs)}, {})
-    for p in comp.files:
-        rep.log_artifact(p)
-    for r in rows:
-        rep.log_metrics({f"{r['method']}/{k}": v for k, v in r.items() if isinstance(v, float)}, 0)
-    rep.close("FINISHED")
+               "compared_runs": ",".join(d.run_id for runs in groups.values() for d in runs)}
+              | ({"compared_sweep": sweep} if sweep else {}), {})
+    with guarded(rep, lambda: "The comparison's files are in " + str(out), print):
+        for p in comp.files:
+            rep.log_artifact(p)
+        for r in rows:
+            rep.log_metrics({f"{r['method']}/{k}": v for k, v in r.items() if isinstance(v, float)}, 0)
+        rep.close("FINISHED")
     comp.run_id = rep.run_ids["parent"]
     return comp

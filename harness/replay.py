@@ -4,9 +4,10 @@
 one fancy-indexing operation per key, no Python loop over the batch) and writes each finished episode
 to ``<directory>/<index:06d>-<length>.npz``. Its ``state_dict()`` holds only the number of finished
 episodes; ``load_state_dict`` reloads exactly those files (later files, written after the checkpoint,
-are ignored). Steps of an unfinished episode are not persisted: a resumed run starts a new episode.
+are ignored). The steps of the open (unfinished) episode travel inside ``state_dict()`` itself, so a run
+resumed in the middle of an episode continues it exactly.
 
-Steps follow the runner's DreamerV3 convention (``methods.base.Step``): ``reward`` arrived with ``obs``,
+Steps follow the runner's DreamerV3 convention (``harness.steps.Step``): ``reward`` arrived with ``obs``,
 ``action`` is taken from ``obs``. Each stored step also gets ``prev_action`` (the action that led to
 ``obs``; zero at episode starts), which is what a world model consumes.
 
@@ -27,7 +28,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from methods.base import Step
+from harness.steps import Step
 
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
 _FILE = re.compile(r"^(\d{6,})-(\d+)\.npz$")
@@ -133,6 +134,15 @@ class EpisodeReplay:
         idx = starts[:, None] + np.arange(length)[None]
         return {k: v[idx] for k, v in self._data.items()}
 
+    def windows(self, starts: np.ndarray, length: int, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The windows of ``length`` consecutive steps that begin at the step indices ``starts`` (N,), as
+        ``sample`` draws them (all keys, or only ``keys``); every window must lie inside the stored steps."""
+        starts = np.asarray(starts, np.int64)
+        if len(starts) and (starts.min() < 0 or starts.max() + length > self.size):
+            raise ValueError(f"replay holds {self.size} steps; windows of {length} from {starts.min()}..{starts.max()}")
+        idx = starts[:, None] + np.arange(length)[None]
+        return {k: v[idx] for k, v in self._data.items() if keys is None or k in keys}
+
     def episode_arrays(self) -> list[dict[str, np.ndarray]]:
         """The finished episodes in memory (copies), oldest first."""
         out, starts = [], np.flatnonzero(self._data["is_first"][: self.size]) if self._data else []
@@ -144,14 +154,32 @@ class EpisodeReplay:
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        return {"episodes": self.episodes, "steps": self._ep_start if self._open else self.size}
+        """Finished episodes by count (they are files), the open episode's steps as tensors."""
+        import torch
+        open_steps = None
+        if self._open:
+            open_steps = {k: torch.from_numpy(v[self._ep_start: self.size].copy()) for k, v in self._data.items()}
+        return {"episodes": self.episodes, "steps": self._ep_start if self._open else self.size,
+                "open": open_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Reload the first ``state['episodes']`` episode files; files written later are ignored."""
         n = int(state["episodes"])
         self._data, self.size, self.episodes, self._ep_start, self._open = {}, 0, 0, 0, False
-        if n == 0:
-            return
+        if n > 0:
+            self._reload_files(n, state)
+        if state.get("open") is not None:
+            steps = {k: v.numpy() for k, v in state["open"].items()}
+            count = len(steps["is_first"])
+            if not self._data:
+                self._allocate({k: v[0] for k, v in steps.items()})
+            self._grow(self.size + count)
+            for k in self._data:
+                self._data[k][self.size: self.size + count] = steps[k]
+            self._ep_start, self._open = self.size, True
+            self.size += count
+
+    def _reload_files(self, n: int, state: dict[str, Any]) -> None:
         if self.directory is None:
             raise ValueError("replay has no directory to reload its episodes from")
         files = {}

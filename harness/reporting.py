@@ -58,30 +58,91 @@ class MlflowReporter:
         self.client = _client(self.uri)
         self.run_ids: dict[str, str | None] = {PARENT: None, TASK: None}
         self._buffer: dict[str, list[Any]] = {PARENT: [], TASK: []}
-        self._last_flush = time.monotonic()
+        self._logged: dict[str, set[tuple[str, int]]] = {PARENT: set(), TASK: set()}  # see skip_logged_from
+        self._last_flush = self._last_beat = time.monotonic()
 
     # ------------------------------------------------------------ runs
     def start(self, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
+        """Create the parent run (with its first heartbeat). Validate everything before calling this."""
+        from harness.lifecycle import heartbeat_tags
         exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
+        if exp is None:
+            try:
+                exp_id = self.client.create_experiment(experiment)
+            except Exception:  # another process created it in between
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        run = self.client.create_run(exp_id, run_name=run_name, tags=tags | heartbeat_tags())
         self.run_ids[PARENT] = run.info.run_id
         self.experiment_id = exp_id
+        self._last_beat = time.monotonic()
         self.log_params(params)
         return run.info.run_id
 
-    def resume(self, run_id: str) -> Any:
+    def check_resumable(self, run_id: str, stale_after: float | None = None, allow_finished: bool = False) -> Any:
+        """The MLflow run ``run_id`` if ``--resume`` may continue it; a clear error otherwise (a task run,
+        a FINISHED run, a run whose process is still alive). Changes nothing."""
+        from harness.lifecycle import STALE_AFTER_S, liveness
         try:
             run = self.client.get_run(run_id)
         except Exception:  # mlflow raises MlflowException / RestException for unknown ids
-            raise HarnessError(f"no MLflow run {run_id!r} in {self.uri}; list runs with `{ui_command(self.uri)}`") from None
-        if run.data.tags.get("mlflow.parentRunId"):
-            raise HarnessError(f"run {run_id!r} is a per-task run; resume its parent "
-                               f"{run.data.tags['mlflow.parentRunId']!r}")
+            raise HarnessError(f"no MLflow run {run_id!r} in {self.uri}; list runs with `cli.py runs list`") from None
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent:
+            raise HarnessError(f"run {run_id!r} is the task run {run.data.tags.get('task', '?')!r} (stream "
+                               f"position {run.data.tags.get('task_index', '?')}) of run {parent!r}; "
+                               f"resume its parent: --resume {parent}")
+        if run.info.status == "FINISHED" and not allow_finished:
+            raise HarnessError(f"run {run_id!r} FINISHED already; there is nothing to resume "
+                               "(start a new run to train again)")
+        if run.info.status == "RUNNING":
+            lv = liveness(run, STALE_AFTER_S if stale_after is None else stale_after)
+            if lv.state == "alive":
+                raise HarnessError(f"run {run_id!r} is RUNNING and its process looks alive ({lv.reason}); "
+                                   "one process per run. If it is dead, `cli.py runs gc --stale-after 0` "
+                                   "marks it KILLED")
+        return run
+
+    def resume(self, run_id: str, allow_finished: bool = False) -> Any:
+        """Reopen a resumable parent run (see :meth:`check_resumable`) as RUNNING, with a new heartbeat.
+        ``allow_finished``: a FINISHED run may be continued too (pre-training extended to more updates)."""
+        from harness.lifecycle import heartbeat_tags
+        run = self.check_resumable(run_id, stale_after=float("inf"), allow_finished=allow_finished)
         self.run_ids[PARENT] = run_id
         self.experiment_id = run.info.experiment_id
         self.client.update_run(run_id, "RUNNING")
+        self.set_tags(heartbeat_tags())
+        if "error" in run.data.tags:   # the error that stopped it last time is history now
+            self.client.delete_tag(run_id, "error")
+        self._last_beat = time.monotonic()
         return run
+
+    def heartbeat(self, force: bool = False) -> None:
+        """Refresh the parent run's heartbeat tags (at most every HEARTBEAT_EVERY_S unless forced)."""
+        from harness.lifecycle import HEARTBEAT_EVERY_S, heartbeat_tags
+        if self.run_ids[PARENT] and (force or time.monotonic() - self._last_beat > HEARTBEAT_EVERY_S):
+            from mlflow.entities import RunTag
+            self.client.log_batch(self.run_ids[PARENT], tags=[RunTag(k, v) for k, v in heartbeat_tags().items()])
+            self._last_beat = time.monotonic()
+
+    def skip_logged_from(self, step: int) -> int:
+        """After a resume from a checkpoint at ``step``: metric points (key, step >= ``step``) already in the
+        parent or open task run are not logged again (the resumed run recomputes them). Returns how many."""
+        n = 0
+        for run in (PARENT, TASK):
+            run_id = self.run_ids[run]
+            if run_id is None:
+                continue
+            for key in self.client.get_run(run_id).data.metrics:
+                for m in self.client.get_metric_history(run_id, key):
+                    if m.step >= step:
+                        self._logged[run].add((key, int(m.step)))
+                        n += 1
+        return n
 
     def start_task(self, index: int, name: str, tags: dict[str, str]) -> str:
         """The nested run of stream position ``index``; an existing one (from a resumed run) is reused."""
@@ -91,7 +152,8 @@ class MlflowReporter:
             filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.task_index = '{index}'")
         if existing:
             run_id = existing[0].info.run_id
-            self.client.update_run(run_id, "RUNNING")
+            if existing[0].info.status != "RUNNING":
+                self.client.update_run(run_id, "RUNNING")
         else:
             run = self.client.create_run(
                 self.experiment_id, run_name=f"{index}-{name}",
@@ -100,11 +162,28 @@ class MlflowReporter:
         self.run_ids[TASK] = run_id
         return run_id
 
+    def task_runs(self, parent: str | None = None) -> list[Any]:
+        """The nested task runs of ``parent`` (default: this reporter's parent run)."""
+        parent = parent or self.run_ids[PARENT]
+        exp = self.experiment_id if parent == self.run_ids[PARENT] else self.client.get_run(parent).info.experiment_id
+        return self.client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+
+    def end_stale_tasks(self, before: int) -> None:
+        """On resume: task runs of stream positions < ``before`` are FINISHED (their R row is in the checkpoint,
+        whatever a kill left them as); later positions cannot exist yet, and one left RUNNING is KILLED."""
+        for r in self.task_runs():
+            index = int(r.data.tags.get("task_index", -1))
+            if index < before and r.info.status != "FINISHED":
+                self.client.set_terminated(r.info.run_id, "FINISHED")
+            elif index > before and r.info.status == "RUNNING":
+                self.client.set_terminated(r.info.run_id, "KILLED")
+
     def end_task(self, status: str = "FINISHED") -> None:
         self.flush()
         if self.run_ids[TASK]:
             self.client.set_terminated(self.run_ids[TASK], status)
             self.run_ids[TASK] = None
+            self._logged[TASK].clear()
 
     def close(self, status: str = "FINISHED") -> None:
         self.end_task(status)
@@ -127,9 +206,9 @@ class MlflowReporter:
         from mlflow.entities import Metric
         if self.run_ids[run] is None:
             return
-        now = int(time.time() * 1000)
+        now, done = int(time.time() * 1000), self._logged[run]
         self._buffer[run].extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items()
-                                 if v is not None and math.isfinite(float(v)))
+                                 if v is not None and math.isfinite(float(v)) and (k, int(step)) not in done)
         if time.monotonic() - self._last_flush > 10 or len(self._buffer[run]) > 800:
             self.flush()
 
@@ -140,6 +219,7 @@ class MlflowReporter:
                     self.client.log_batch(self.run_ids[run], metrics=metrics[i:i + 1000])
             metrics.clear()
         self._last_flush = time.monotonic()
+        self.heartbeat()
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None,
                      run: str = PARENT) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from methods.base import MethodContext, MethodSpec, Step, TaskContext
+from methods.base import MethodContext, MethodSpec, Step, TaskContext, ranged
 from methods.drqv2 import PRESETS as DRQ_PRESETS
 from methods.drqv2 import Critic, DrQV2, DrQV2Config, adam
 
@@ -39,9 +39,10 @@ BASES = ("drqv2",)
 
 @dataclass(frozen=True)
 class PackNetConfig:
-    base: str = "drqv2"                    # the wrapped learner (see the module docstring for why DrQ-v2)
+    base: str = ranged("drqv2", one_of=BASES)  # the wrapped learner (see the module docstring for why DrQ-v2)
     base_config: DrQV2Config = field(default_factory=DrQV2Config)  # DrQ-v2's own defaults
-    retrain_fraction: float = 0.1          # CW: 100k retrain steps after 1M-step tasks = 10% of the task's updates
+    # CW: 100k retrain steps after 1M-step tasks = 10% of the task's updates
+    retrain_fraction: float = ranged(0.1, ge=0, le=1)
     reinit_critic: bool = True             # paper Sec. 4.2 / CW: a fresh critic for each task
 
 
@@ -152,14 +153,19 @@ class PackNet:
                 "packnet/weights_owned_by_task": kept / total}
 
     # ------------------------------------------------------------------ checkpoints
+    def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        b = self.base
+        return [(f"{m}.{n}", p) for m in ("encoder", "actor") for n, p in getattr(b, m).named_parameters()]
+
     def state_dict(self) -> dict[str, Any]:
+        # which parameters are frozen: task 0's biases and norms after task 0, avalanche's freeze_pruned biases
         return {"base": self.base.state_dict(), "task_updates": self.task_updates, "current": self.current,
-                "shared_frozen": not self.shared[0].requires_grad if self.shared else False}
+                "requires_grad": {name: p.requires_grad for name, p in self._trainable()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["shared_frozen"]:
-            for p in self.shared:
-                p.requires_grad_(False)
+        frozen = state["requires_grad"]
+        for name, p in self._trainable():
+            p.requires_grad_(bool(frozen[name]))
         self._reset_optimizers()  # the optimizers' parameter lists must match the saved states
         self.base.load_state_dict(state["base"])
         self.task_updates = int(state["task_updates"])

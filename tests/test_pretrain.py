@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from offline_data import collected, write_ncrl
 
 from harness.errors import HarnessError
-from methods.gsa.pretrain import load_pretrained, make_config, pretrain, resume_pretrain
-from offline_data import collected, write_ncrl
+from harness.pretraining import pretrain, resume_pretrain
+from methods.gsa.pretrain import load_pretrained, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(echo=lambda *_: None)

@@ -22,8 +22,9 @@ from tasks.base import EnvConfig
 TWO_TASKS = StreamSpec("t2", (TaskSpec("cartpole-balance", 400), TaskSpec("reach-v3", 400)), EvalSpec(200, 2))
 
 
-def _cfg(stream=TWO_TASKS, method="random", obs="proprio", **kw):
-    return RunConfig(stream=stream, method=method, seed=3, env=EnvConfig(obs_type=obs, render_quality="fast"),
+def _cfg(stream=TWO_TASKS, method="random", obs="proprio", action_repeat=2, **kw):
+    return RunConfig(stream=stream, method=method, seed=3,
+                     env=EnvConfig(obs_type=obs, render_quality="fast", action_repeat=action_repeat),
                      checkpoint_every_frames=300, log_every_frames=100, video_frames=20, **kw)
 
 
@@ -167,6 +168,9 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(mlflow_uri, tmp_pa
 def test_missing_or_corrupt_checkpoint_is_a_clear_error(mlflow_uri, tmp_path):
     res = run_stream(_cfg(StreamSpec("one", (TaskSpec("cartpole-balance", 200),), EvalSpec(200, 1)),
                           runs_dir=str(tmp_path / "runs")), echo=lambda *_: None)
+    with pytest.raises(HarnessError, match="FINISHED already; there is nothing to resume"):
+        resume_config(res.run_id, MlflowReporter())
+    MlflowClient(mlflow_uri).set_terminated(res.run_id, "FAILED")   # as if it had crashed at its end
     ckpt = res.run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(HarnessError, match="unreadable.*truncated"):
@@ -202,3 +206,23 @@ def test_forward_transfer_uses_single_task_reference_runs(mlflow_uri, tmp_path):
     res = run_stream(_cfg(runs_dir=str(tmp_path / "runs")), echo=quiet)
     ft = MlflowClient(mlflow_uri).get_run(res.run_id).data.metrics.get("cl/forward_transfer")
     assert ft is not None and np.isfinite(ft)
+
+
+def test_forward_transfer_matches_only_references_of_the_same_learning_problem(mlflow_uri, tmp_path):
+    quiet = lambda *_: None  # noqa: E731
+    runs = str(tmp_path / "runs")
+    for t in TWO_TASKS.tasks:   # same task and budget, but another action repeat or method config: no match
+        run_stream(_cfg(StreamSpec(f"ref-{t.name}", (t,), TWO_TASKS.eval), runs_dir=runs, action_repeat=4),
+                   echo=quiet)
+        run_stream(_cfg(StreamSpec(f"ref-{t.name}", (t,), TWO_TASKS.eval), runs_dir=runs,
+                        overrides=(("low", "-0.5"),)), echo=quiet)
+    res = run_stream(_cfg(runs_dir=runs), echo=quiet)
+    run = MlflowClient(mlflow_uri).get_run(res.run_id)
+    assert "cl/forward_transfer" not in run.data.metrics
+    assert run.data.tags["ft_reference.0-cartpole-balance"] == "none"
+    ref = run_stream(_cfg(StreamSpec("ref-cartpole-balance", (TWO_TASKS.tasks[0],), TWO_TASKS.eval), runs_dir=runs),
+                     echo=quiet)
+    res = run_stream(_cfg(runs_dir=runs), echo=quiet)
+    tags = MlflowClient(mlflow_uri).get_run(res.run_id).data.tags
+    assert tags["ft_reference.0-cartpole-balance"] == ref.run_id
+    assert tags["ft_reference.1-reach-v3"] == "none"

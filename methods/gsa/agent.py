@@ -39,7 +39,7 @@ import torch
 
 from harness.errors import HarnessError
 from methods.backbone.checkpoint import CheckpointMismatchError
-from methods.base import MethodContext, MethodSpec, Step, TaskContext
+from methods.base import MAX_COUNT, MethodContext, MethodSpec, Step, TaskContext, check_config, ranged
 from methods.dreamer import PRESETS as DREAMER_PRESETS
 from methods.dreamer import Dreamer, DreamerConfig
 from methods.gsa.bc import BCConfig, BCPolicy, PriorActor, bc_step
@@ -61,14 +61,23 @@ class GSAConfig:
     use_pretrained: bool = True     # P: start from the pre-trained world model (False: from scratch)
     rehearsal: bool = True          # ER: mix retrieved trajectories into world-model batches
     guidance: bool = True           # G: π_bc acts in scheduled windows and during warm-up
-    guidance_anchor: str = "random"  # GSA: windows start anywhere; "start": at step 0 (JSRL-BC)
-    retrieve_k: int = 500           # ncrl: the 500 nearest trajectories
-    retrieval_filter: str = "embodiment"  # ours: the task's embodiment (walker != cheetah); "action-mask":
-                                          # ncrl's rule, same action dim
-    offline_fraction: float = 0.25  # Table 5: offline data mix ratio 0.25
-    guidance_dmc_agent_steps: int = 50_000        # Table 5: linear(1, 0, 50000) for DMC
-    guidance_metaworld_agent_steps: int = 150_000  # Table 5: linear(1, 0, 150000) for Meta-World
-    guidance_prob_end: float = 0.0  # Table 5: decays to 0 (ncrl's code: 0.1)
+    # GSA: windows start anywhere; "start": at step 0 (JSRL-BC)
+    guidance_anchor: str = ranged("random", one_of=("random", "start"))
+    retrieve_k: int = ranged(500, ge=1, le=1_000_000)  # ncrl: the 500 nearest trajectories
+    retrieval_filter: str = ranged("embodiment", one_of=("embodiment", "action-mask"))
+                                    # ours: the task's embodiment (walker != cheetah); "action-mask": ncrl's
+                                    # rule, same action dim
+    offline_fraction: float = ranged(0.25, ge=0, lt=1)  # Table 5: offline data mix ratio 0.25
+    guidance_dmc_agent_steps: int = ranged(50_000, ge=0, le=MAX_COUNT)  # Table 5: linear(1, 0, 50000) for DMC
+    # Table 5: linear(1, 0, 150000) for Meta-World
+    guidance_metaworld_agent_steps: int = ranged(150_000, ge=0, le=MAX_COUNT)
+    guidance_prob_end: float = ranged(0.0, ge=0, le=1)  # Table 5: decays to 0 (ncrl's code: 0.1)
+
+    def validate(self) -> None:
+        if self.offline_fraction + self.agent.past_fraction >= 1.0:
+            raise HarnessError(f"offline_fraction={self.offline_fraction} + agent.past_fraction="
+                               f"{self.agent.past_fraction} must be < 1: the current task's rows need a share of "
+                               "every batch")
 
     @property
     def needs_retrieval(self) -> bool:
@@ -124,17 +133,7 @@ def setup(cfg: GSAConfig, infos: list[Any], env: Any, method: str = "gsa") -> An
     from methods.gsa.retrieval import Retriever
     if not cfg.pretrained:
         raise missing_pretrained(method, infos, env.obs_type)
-    if not 0.0 <= cfg.offline_fraction < 1.0 or cfg.offline_fraction + cfg.agent.past_fraction >= 1.0:
-        raise HarnessError(f"offline_fraction must be in [0, 1) and leave the current task rows next to "
-                           f"agent.past_fraction={cfg.agent.past_fraction}; got {cfg.offline_fraction}")
-    if not 0.0 <= cfg.guidance_prob_end <= 1.0:
-        raise HarnessError(f"guidance_prob_end must be in [0, 1], got {cfg.guidance_prob_end}")
-    if cfg.retrieval_filter not in ("embodiment", "action-mask"):
-        raise HarnessError(f"unknown retrieval_filter {cfg.retrieval_filter!r}; valid: embodiment, action-mask")
-    if cfg.guidance_anchor not in ("random", "start"):
-        raise HarnessError(f"unknown guidance_anchor {cfg.guidance_anchor!r}; valid: random, start")
-    if cfg.retrieve_k < 1:
-        raise HarnessError(f"retrieve_k must be >= 1, got {cfg.retrieve_k}")
+    check_config(cfg, method)   # field ranges (resolve_config checked them too; setup may be called alone)
     directory = pretrain_dir(cfg.pretrained)
     wm, _ = load_pretrained(directory)
     if cfg.use_pretrained:
@@ -377,7 +376,11 @@ class GSA:
                                                 "suite": t.suite, "frames": t.frames, "action_repeat": t.action_repeat,
                                                 "action_mask": [float(x) for x in t.action_mask]},
                 "task_bc_steps": self.task_bc_steps, "task_steps": self.task_steps,
-                "rng": self.rng.bit_generator.state}
+                "rng": self.rng.bit_generator.state,
+                # the open training episode: its guidance window, position and π_bc's frame stack
+                "episode": {"window": list(self.window), "t": self.t, "last_bc": self.last_bc,
+                            "stacks": [] if self.prior is None else
+                            [[torch.from_numpy(np.array(f)) for f in s] for s in self.prior.stacks]}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
@@ -395,6 +398,11 @@ class GSA:
             self.prior = PriorActor(bc, self.device)
         self.task_bc_steps, self.task_steps = int(state["task_bc_steps"]), int(state["task_steps"])
         self.rng.bit_generator.state = state["rng"]
+        ep = state.get("episode")
+        if ep is not None:
+            self.window, self.t, self.last_bc = (int(ep["window"][0]), int(ep["window"][1])), int(ep["t"]), bool(ep["last_bc"])
+            if self.prior is not None:
+                self.prior.stacks = [[f.numpy() for f in s] for s in ep["stacks"]]
 
 
 def _spec(name: str, **switches: Any) -> MethodSpec:

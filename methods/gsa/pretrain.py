@@ -12,24 +12,28 @@ A run writes into its directory (default ``runs/<mlflow run id>/``):
     openloop/         open-loop prediction sheets per embodiment (also in MLflow)
     index/            the retrieval index (``methods.gsa.retrieval.build_index``)
 
+The run itself (its MLflow run, folder, lock and resume) is ``harness/pretraining.py``'s: this module is the
+method's part (config, the trainer, loading the result) and imports nothing of the drive or of MLflow.
+
 MLflow (experiment ``pretrain``): losses stepped by gradient updates, data-loading and update speed,
-open-loop pixel error and images per embodiment, the dataset summary, and the model as an artifact.
+open-loop pixel error and images per embodiment, the dataset summary (taken before reading), what reading
+met (``data/*`` metrics at each log interval: episodes and steps used and read, damaged parts skipped;
+the final report as ``data_damage.json``), and the model as an artifact.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, NonFiniteLossError
 from methods.backbone.config import DEBUG_MODEL, SMALL_MODEL, TINY_MODEL, WorldModelConfig
-from methods.base import MethodSpec, resolve_config
+from methods.base import MAX_BATCH, MAX_COUNT, MAX_LENGTH, MethodSpec, check_config, ranged, resolve_config
 
 PRETRAIN_FILE = "pretrain.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -42,16 +46,20 @@ EXPERIMENT = "pretrain"
 @dataclass(frozen=True)
 class PretrainConfig:
     model: WorldModelConfig = field(default_factory=WorldModelConfig)  # Table 5 / ncrl (methods/backbone/config.py)
-    grad_updates: int = 200_000     # Table 5: pretrain steps 200,000 (ncrl: 200k gradient steps)
-    batch_size: int = 16            # Table 5: batch size 16 (ncrl's pretrain config uses 32)
-    seq_len: int = 64               # Table 5 / ncrl: sequence length 64
-    balance: str = "uniform"        # Table 5: uniform sampling over all windows; "embodiment": equal share each
-    log_every: int = 100            # ours: gradient updates between logged (averaged) metrics
-    checkpoint_every: int = 5_000   # ours: gradient updates between checkpoints
-    openloop_every: int = 10_000    # ours: gradient updates between open-loop prediction images
-    openloop_context: int = 5       # DreamerV3's video prediction: 5 observed steps, then open loop
-    prefetch: int = 4               # ours: batches sampled ahead of training
-    prefetch_workers: int = 2       # ours: threads sampling (and decompressing) batches in parallel
+    # Table 5: pretrain steps 200,000 (ncrl: 200k gradient steps)
+    grad_updates: int = ranged(200_000, ge=1, le=MAX_COUNT)
+    batch_size: int = ranged(16, ge=1, le=MAX_BATCH)  # Table 5: batch size 16 (ncrl's pretrain config uses 32)
+    seq_len: int = ranged(64, ge=2, le=MAX_LENGTH)  # Table 5 / ncrl: sequence length 64
+    # Table 5: uniform sampling over all windows; "embodiment": equal share each
+    balance: str = ranged("uniform", one_of=("uniform", "embodiment"))
+    log_every: int = ranged(100, ge=1, le=MAX_COUNT)  # ours: gradient updates between logged (averaged) metrics
+    checkpoint_every: int = ranged(5_000, ge=1, le=MAX_COUNT)  # ours: gradient updates between checkpoints
+    # ours: gradient updates between open-loop prediction images
+    openloop_every: int = ranged(10_000, ge=1, le=MAX_COUNT)
+    # < seq_len; DreamerV3's video prediction: 5 observed steps, then open loop
+    openloop_context: int = ranged(5, ge=1, le=MAX_LENGTH)
+    prefetch: int = ranged(4, ge=1, le=1024)  # ours: batches sampled ahead of training
+    prefetch_workers: int = ranged(2, ge=1, le=256)  # ours: threads sampling (and decompressing) batches in parallel
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -81,12 +89,7 @@ def make_config(preset: str | None = None, overrides: dict[str, str] | None = No
 
 
 def validate_config(cfg: PretrainConfig) -> PretrainConfig:
-    for name in ("grad_updates", "batch_size", "seq_len", "log_every", "checkpoint_every", "openloop_every",
-                 "prefetch", "prefetch_workers"):
-        if getattr(cfg, name) < 1:
-            raise HarnessError(f"pretrain {name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.balance not in ("uniform", "embodiment"):
-        raise HarnessError(f"unknown balance {cfg.balance!r}; valid: uniform, embodiment")
+    check_config(cfg, "pretrain")   # every field's range (methods.base.ranged), the model's included
     if not 1 <= cfg.openloop_context < cfg.seq_len:
         raise HarnessError(f"openloop_context must be in 1..seq_len-1 ({cfg.seq_len - 1}), got {cfg.openloop_context}")
     return cfg
@@ -132,6 +135,7 @@ def openloop(wm: Any, batch: dict[str, np.ndarray], context: int) -> dict[str, n
     per-row mean squared error of the open-loop part: ``mse`` (B,) on pixels in [0, 1] (else on symlog
     proprio)."""
     import torch
+
     from methods.backbone.nets import symlog
     dev = wm.device
     t = {k: torch.as_tensor(np.ascontiguousarray(v), device=dev) for k, v in batch.items()}
@@ -183,20 +187,24 @@ class PretrainResult:
     metrics: dict[str, float]
 
 
-class _Trainer:
+class Trainer:
     """One pre-training run: the model, its optimiser, the data and the MLflow reporter."""
 
     def __init__(self, cfg: PretrainConfig, info: dict[str, Any], out: Path, rep: Any, echo: Callable[[str], None]):
         import torch
+
         from harness.offline import open_dataset
         from methods.backbone.nets import Optimizer
         from methods.backbone.world_model import WorldModel
         self.cfg, self.info, self.out, self.rep, self.echo = cfg, info, out, rep, echo
-        self.ds = open_dataset(info["data"], info["obs_keys"], action_pad_dim=info.get("action_pad_dim"))
+        # Damage met while reading (at opening, or a chunk failing its checksum while sampling) is printed
+        # once per damaged part, as one line, and counted in the data/* metrics and data_damage.json.
+        self.ds = open_dataset(info["data"], info["obs_keys"], action_pad_dim=info.get("action_pad_dim"),
+                               on_damage=lambda line: self.echo(f"  warning: {line}"))
         self.device = torch.device(info["device"])
         self.wm = WorldModel(cfg.model, self.ds.obs_spec, self.ds.action_pad_dim).to(self.device)
         m = cfg.model
-        self.opt = Optimizer(self.wm.parameters(), m.lr, m.eps, m.weight_decay, m.grad_clip)
+        self.opt = Optimizer(self.wm.parameters(), m.lr, m.eps, m.weight_decay, m.grad_clip, name="wm/loss")
         self.step = 0
         self.last: dict[str, float] = {}
         self._eval_batches: dict[str, dict[str, np.ndarray]] | None = None
@@ -204,6 +212,7 @@ class _Trainer:
     # -- state
     def save(self) -> None:
         import torch
+
         from methods.backbone.checkpoint import describe, save, save_world_model
         meta = describe(self.cfg.model.sizes(), self.wm.obs_shapes, self.wm.action_dim)
         save(self.out / CHECKPOINT_FILE, {
@@ -217,6 +226,7 @@ class _Trainer:
 
     def load(self) -> None:
         import torch
+
         from methods.backbone.checkpoint import check_compatible, describe, load, load_module
         path = self.out / CHECKPOINT_FILE
         payload = load(path)
@@ -271,9 +281,39 @@ class _Trainer:
         self.wm.train()
         return metrics
 
+    # -- what reading the data met
+    def data_metrics(self) -> dict[str, float]:
+        """The dataset's live counters (``OfflineDataset.damage_report``) as ``data/*`` metrics."""
+        r = self.ds.damage_report()
+        return {f"data/{k}": float(r[k]) for k in ("episodes_used", "steps_used", "episodes_read", "steps_read",
+                                                   "episodes_skipped", "damaged", "damaged_while_reading")}
+
+    @contextlib.contextmanager
+    def data_report(self) -> Iterator[None]:
+        """On leaving (also on an error, e.g. too many damaged episodes): the final ``data/*`` metrics and
+        ``data_damage.json`` in the run, then the dataset's files are closed."""
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            try:
+                report = self.ds.damage_report()
+                self.rep.log_metrics(self.data_metrics(), self.step)
+                self.rep.log_json(report, "data_damage.json")
+                if report["damaged_while_reading"] or report["damaged_at_open"]:
+                    self.echo(f"data: {report['episodes_used']} of {report['episodes']} episodes used; "
+                              f"{report['damaged']} damaged parts skipped ({report['damaged_while_reading']} found "
+                              f"while reading, {report['episodes_skipped']} episodes)")
+                self.ds.close()
+            except Exception:
+                if ok:
+                    raise   # else the error that stopped training is the one to see
+
     # -- the loop
     def train(self) -> dict[str, float]:
         import torch
+
         from harness.offline import Prefetcher
         from methods.backbone.world_model import metrics_to_floats
         cfg = self.cfg
@@ -285,17 +325,18 @@ class _Trainer:
         sums: dict[str, Any] = {}
         count, wait_s, t_last, step_last = 0, 0.0, time.perf_counter(), self.step
         self.wm.train()
-        with Prefetcher(sample, seed=self.info["seed"], start=self.step, depth=cfg.prefetch,
-                        workers=cfg.prefetch_workers) as pf:
+        with self.data_report(), Prefetcher(sample, seed=self.info["seed"], start=self.step, depth=cfg.prefetch,
+                                            workers=cfg.prefetch_workers) as pf:
             while self.step < cfg.grad_updates:
                 batch, waited = pf.next()
                 wait_s += waited
                 loss, metrics, _ = self.wm.loss(self._tensors(batch), use_reward=False, use_cont=False)
-                grad_norm = self.opt.step(loss)["grad_norm"]
+                try:
+                    grad_norm = self.opt.step(loss, metrics)["grad_norm"]
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLossError(f"{exc} at gradient update {self.step + 1} of pre-training; stopped. The "
+                                             f"last good checkpoint is {self.out / CHECKPOINT_FILE}") from None
                 self.step += 1
-                if not math.isfinite(float(metrics["wm/loss"])):
-                    raise HarnessError(f"non-finite pre-training loss at gradient update {self.step}; stopped. The last "
-                                       f"good checkpoint is {self.out / CHECKPOINT_FILE}")
                 metrics["wm/grad_norm"] = torch.tensor(grad_norm)
                 for k, v in metrics.items():
                     sums[k] = sums[k] + v if k in sums else v.clone()
@@ -308,6 +349,7 @@ class _Trainer:
                     logged |= {"perf/updates_per_s": n / max(dt, 1e-9),
                                "perf/sequences_per_s_trained": n * cfg.batch_size / max(dt, 1e-9),
                                "perf/data_wait_fraction": wait_s / max(dt, 1e-9)}
+                    logged |= self.data_metrics()
                     self.rep.log_metrics(logged, self.step)
                     self.last = logged
                     recon = sum(logged.get(f"pretrain/{k}_loss", 0.0) for k in ("pixels", "proprio"))
@@ -324,129 +366,3 @@ class _Trainer:
                     self.save()
         self.rep.flush()
         return self.last
-
-
-def _device(name: str) -> str:
-    import torch
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HarnessError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise HarnessError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
-    return name
-
-
-def pretrain(data: str | Path, cfg: PretrainConfig, *, preset: str = "paper", out: str | Path | None = None,
-             runs_dir: str | Path = "runs", obs_keys: list[str] | None = None, action_pad_dim: int | None = None,
-             seed: int = 0, device: str = "auto", threads: int = 0, echo: Callable[[str], None] = print,
-             reporter: Any | None = None) -> PretrainResult:
-    """Pre-train a world model on the dataset at ``data`` (either layout, ``harness.offline``)."""
-    import torch
-    from harness.offline import open_dataset
-    from harness.reporting import MlflowReporter, flatten
-    from harness.runner import _git_commit, _versions
-    cfg = validate_config(cfg)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    dev = _device(device)
-    ds = open_dataset(data, obs_keys, action_pad_dim=action_pad_dim)   # errors now, before any run is made
-    summary = ds.summary()
-    if out is not None and (Path(out) / PRETRAIN_FILE).exists():
-        raise HarnessError(f"{out} already holds a pre-training run; continue it with --resume {out}")
-    rep = reporter or MlflowReporter()
-    tags = {"kind": "pretrain", "preset": preset, "dataset_path": str(Path(data).resolve()), "seed": str(seed),
-            "obs_keys": ",".join(ds.obs_keys), "git_commit": _git_commit(),
-            **{f"version.{k}": v for k, v in _versions().items()}}
-    params = flatten({"pretrain": dataclasses.asdict(cfg),
-                      "data": {"path": str(Path(data).resolve()), "format": ds.format, "episodes": summary["episodes"],
-                               "stored_steps": summary["stored_steps"], "embodiments": ",".join(summary["embodiments"]),
-                               "action_pad_dim": ds.action_pad_dim, "obs_keys": ",".join(ds.obs_keys)},
-                      "run": {"seed": seed, "device": dev, "threads": threads, "preset": preset}})
-    run_id = rep.start(EXPERIMENT, f"{Path(data).resolve().name}-{preset}", tags, params)
-    out_dir = Path(out) if out is not None else Path(runs_dir) / run_id
-    out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = {"data": str(Path(data).resolve()), "obs_keys": list(ds.obs_keys),
-            "action_pad_dim": action_pad_dim if ds.format == "ncrl" else None,
-            "dataset_fingerprint": ds.fingerprint(), "seed": seed, "device": dev, "threads": threads,
-            "preset": preset, "run_id": run_id, "config": dataclasses.asdict(cfg)}
-    (out_dir / PRETRAIN_FILE).write_text(json.dumps(info, indent=1))
-    rep.set_tags({"pretrain_dir": str(out_dir), "checkpoint_dir": str(out_dir)})
-    rep.log_json(summary, "dataset_summary.json")
-    rep.log_json(info, PRETRAIN_FILE)
-    ds.close()
-    echo(f"MLflow run {run_id} (experiment '{EXPERIMENT}'); pre-training into {out_dir}")
-    per_emb = ", ".join(f"{k} ({v['episodes']})" for k, v in summary["embodiments"].items())
-    echo(f"data: {summary['episodes']} episodes, {summary['stored_steps']:,} steps of {per_emb}")
-    return _run(cfg, info, out_dir, rep, echo, resume=False)
-
-
-def _run(cfg: PretrainConfig, info: dict[str, Any], out_dir: Path, rep: Any, echo: Callable[[str], None],
-         resume: bool) -> PretrainResult:
-    status = "FAILED"
-    try:
-        trainer = _Trainer(cfg, info, out_dir, rep, echo)
-        if resume:
-            trainer.load()
-            echo(f"resuming at gradient update {trainer.step} of {cfg.grad_updates}")
-        else:
-            trainer.save()   # a run killed before its first checkpoint can still be resumed
-        metrics = trainer.train()
-        rep.log_artifact(out_dir / WORLD_MODEL_FILE, "model")
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        rep.close(status)
-    echo(f"done: {trainer.step} gradient updates; world model in {out_dir / WORLD_MODEL_FILE}")
-    return PretrainResult(info["run_id"], out_dir, trainer.step, metrics)
-
-
-def resume_pretrain(target: str, *, grad_updates: int | None = None, threads: int | None = None,
-                    echo: Callable[[str], None] = print, reporter: Any | None = None) -> PretrainResult:
-    """Continue a pre-training run: ``target`` is its directory or its MLflow run id.
-    ``grad_updates`` may extend the budget; ``threads`` replaces the run's torch thread count."""
-    import torch
-    from harness.offline import open_dataset
-    from harness.reporting import MlflowReporter
-    rep = reporter or MlflowReporter()
-    out_dir = Path(target)
-    if not (out_dir / PRETRAIN_FILE).is_file():
-        try:
-            run = rep.client.get_run(target)
-        except Exception:
-            raise HarnessError(f"--resume {target!r}: neither a pre-training directory (with {PRETRAIN_FILE}) "
-                               f"nor an MLflow run id in {rep.uri}") from None
-        if "pretrain_dir" not in run.data.tags:
-            raise HarnessError(f"MLflow run {target!r} is not a pre-training run")
-        out_dir = Path(run.data.tags["pretrain_dir"])
-        if not (out_dir / PRETRAIN_FILE).is_file():
-            raise HarnessError(f"run {target!r}: missing {out_dir / PRETRAIN_FILE}; was the directory moved?")
-    info = json.loads((out_dir / PRETRAIN_FILE).read_text())
-    cfg = config_from_dict(info["config"])
-    if grad_updates is not None:
-        if grad_updates < 1:
-            raise HarnessError(f"--steps must be >= 1, got {grad_updates}")
-        cfg = dataclasses.replace(cfg, grad_updates=grad_updates)
-    from methods.backbone.checkpoint import load
-    done = int(load(out_dir / CHECKPOINT_FILE)["grad_updates"])   # a clear error now if missing or corrupt
-    if done >= cfg.grad_updates:
-        raise HarnessError(f"{out_dir} already finished {done} of {cfg.grad_updates} gradient updates; "
-                           "pass --steps N (N > done) to train longer")
-    ds = open_dataset(info["data"], info["obs_keys"], action_pad_dim=info.get("action_pad_dim"))
-    if ds.fingerprint() != info["dataset_fingerprint"]:
-        echo(f"note: the dataset at {info['data']} changed since this run started (episodes added or damaged)")
-    ds.close()
-    if threads is not None:
-        info["threads"] = int(threads)
-    if info.get("threads", 0) > 0:
-        torch.set_num_threads(info["threads"])
-    info["config"] = dataclasses.asdict(cfg)
-    (out_dir / PRETRAIN_FILE).write_text(json.dumps(info, indent=1))
-    rep.resume(info["run_id"])
-    if grad_updates is not None:
-        rep.set_tags({"grad_updates_extended_to": str(grad_updates)})
-    return _run(cfg, info, out_dir, rep, echo, resume=True)

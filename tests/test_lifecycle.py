@@ -1,0 +1,147 @@
+"""The run lifecycle with real processes: SIGKILL leaves a RUNNING run that `runs list`, `compare` and
+`runs gc` recognise as dead; SIGTERM ends a run KILLED with its resume hint; `--resume` continues both, and the
+result is the uninterrupted run's, bit for bit."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+import cli
+from harness import checkpoint
+from harness.errors import HarnessError
+from harness.lifecycle import check_writable_dir, liveness
+
+ROOT = Path(__file__).resolve().parents[1]
+STREAM = """name = "life"
+[eval]
+every_frames = 6000
+episodes = 1
+[[tasks]]
+name = "cartpole-balance"
+frames = 12000
+[[tasks]]
+name = "reach-v3"
+frames = 6000
+"""
+
+
+def _cmd(*extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), "run-stream", *extra]
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, MUJOCO_GL="egl", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "run-stream", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _new_args(tmp_path: Path) -> list[str]:
+    (tmp_path / "life.toml").write_text(STREAM)
+    return ["--stream-file", "life.toml", "--method", "random", "--obs", "proprio", "--render-quality", "fast",
+            "--checkpoint-every", "500", "--video-frames", "0", "--threads", "1", "--seed", "7"]
+
+
+def _wait_for_checkpoint(tmp_path: Path, proc: subprocess.Popen, task_index: int, timeout: float = 120) -> str:
+    """The run id once its checkpoint shows training inside task ``task_index``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        assert proc.poll() is None, f"the run ended before it could be stopped:\n{proc.stdout.read()}"
+        for d in (tmp_path / "runs").glob("*"):
+            try:
+                p = checkpoint.load(d / "checkpoint.pt")["progress"]
+            except Exception:
+                continue
+            if p["task_index"] == task_index and p["task_env_frames"] > 0:
+                return d.name
+        time.sleep(0.05)
+    raise AssertionError("no mid-task checkpoint in time")
+
+
+def _R(client: MlflowClient, run_id: str, tmp_path: Path) -> list:
+    path = client.download_artifacts(run_id, "R_matrix.json", str(tmp_path))
+    return json.loads(Path(path).read_text())["R"]
+
+
+def test_sigkill_sigterm_and_resume_with_real_processes(mlflow_uri, tmp_path):
+    client = MlflowClient(mlflow_uri)
+    whole = subprocess.run(_cmd(*_new_args(tmp_path)), cwd=tmp_path,
+                           env=dict(os.environ, MUJOCO_GL="egl"), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    whole_id = next(iter(Path(tmp_path / "runs").iterdir())).name
+    (tmp_path / "runs").rename(tmp_path / "runs-whole")
+
+    # SIGKILL mid-task: nothing in the process can react; the run stays RUNNING
+    proc = _start(tmp_path, *_new_args(tmp_path))
+    run_id = _wait_for_checkpoint(tmp_path, proc, 0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and liveness(run).state == "dead"
+    runner = CliRunner()
+    out = runner.invoke(cli.main, ["runs", "list"])
+    assert out.exit_code == 0 and run_id in out.output and "RUNNING (dead)" in out.output, out.output
+    out = runner.invoke(cli.main, ["compare", "life", "--out", str(tmp_path / "cmp")])
+    assert out.exit_code == 0, out.output
+    assert f"excluded: {run_id} (random, seed 7): dead: RUNNING in MLflow but process" in out.output, out.output
+    out = runner.invoke(cli.main, ["runs", "gc"])
+    assert out.exit_code == 0 and f"marking {run_id}" in out.output and "1 dead run(s) marked KILLED" in out.output
+    assert client.get_run(run_id).info.status == "KILLED"
+    kids = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert kids and all(k.info.status == "KILLED" for k in kids)
+
+    # SIGTERM in the second task: the run ends KILLED with the hint, exit code 143
+    proc = _start(tmp_path, "--resume", run_id)
+    _wait_for_checkpoint(tmp_path, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143, text
+    assert f"Continue it with: python cli.py run-stream --resume {run_id}" in text, text
+    assert "Traceback" not in text, text
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    done = subprocess.run(_cmd("--resume", run_id), cwd=tmp_path, env=dict(os.environ, MUJOCO_GL="egl"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert _R(client, run_id, tmp_path / "a") == _R(client, whole_id, tmp_path / "b")
+    # finished means finished
+    again = runner.invoke(cli.main, ["run-stream", "--resume", run_id])
+    assert again.exit_code != 0 and "FINISHED already" in again.output and "Traceback" not in again.output
+
+
+@pytest.mark.parametrize("bad", ["a-file", "/proc/gsa-runs"])
+def test_unwritable_runs_dir_is_refused_before_anything_exists(mlflow_uri, tmp_path, bad):
+    (tmp_path / "a-file").write_text("not a folder")
+    out = CliRunner().invoke(cli.main, ["run-stream", "quick", "--method", "random", "--obs", "proprio",
+                                        "--runs-dir", bad])
+    assert out.exit_code != 0 and "--runs-dir" in out.output and "Traceback" not in out.output, out.output
+    assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(mlflow_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(mlflow_uri).search_experiments()])
+
+
+def test_check_writable_dir_creates_nothing(tmp_path):
+    target = tmp_path / "not" / "yet"
+    assert check_writable_dir(target, "--runs-dir") == target
+    assert list(tmp_path.iterdir()) == []   # the probe folder is gone again
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(HarnessError, match="is not a folder"):
+        check_writable_dir(tmp_path / "f" / "sub", "--out")
+
+
+def test_cuda_on_a_machine_without_it_is_refused_before_anything_exists(mlflow_uri, tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = CliRunner().invoke(cli.main, ["run-stream", "quick", "--method", "random", "--obs", "proprio",
+                                        "--device", "cuda"])
+    assert out.exit_code != 0 and "CUDA is not available" in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "runs").exists()

@@ -15,3 +15,6 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# Gymnasium 1.x no longer loads its plugin entry points (group gymnasium.envs) itself; this .pth line makes
+# `import gymnasium` do it, so gymnasium.make("gsa/<task>-v0") works in any script (tasks/gym_plugins.py).
+.venv/bin/python -c 'import pathlib, site, tasks.gym_plugins as g; pathlib.Path(site.getsitepackages()[0], g.PTH_FILE).write_text(g.PTH_LINE)'

@@ -38,6 +38,7 @@ class PipelineConfig:
     threads: int = 0
     workdir: str | None = None
     video_frames: int = 0
+    pretrained: str | None = None       # a pre-training folder or models:/NAME/VERSION: skips collect/pretrain/index
 
 
 def _workdir(cfg: PipelineConfig) -> Path:
@@ -45,16 +46,11 @@ def _workdir(cfg: PipelineConfig) -> Path:
 
 
 def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    from harness.collect import CollectConfig, collect
     from harness.config import RunConfig
-    from harness.offline import MANIFEST_FILE
     from harness.reporting import MlflowReporter, ui_command
     from harness.runner import run_stream
     from harness.streams import get_stream
     from methods import METHODS
-    from methods.gsa.pretrain import CHECKPOINT_FILE, PRETRAIN_FILE, WORLD_MODEL_FILE, make_config, pretrain, \
-        resume_pretrain
-    from methods.gsa.retrieval import INDEX_DIR, build_index
     from tasks.base import EnvConfig
 
     stream = get_stream(cfg.stream).with_overrides(cfg.frames_per_task, cfg.eval_every, cfg.eval_episodes)
@@ -66,6 +62,44 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
     data, pre = work / "data", work / "pretrained"
     tasks = cfg.data_tasks or tuple(dict.fromkeys(t.name for t in stream.tasks))
 
+    model_tags: tuple[tuple[str, str], ...] = ()
+    if cfg.pretrained:
+        pre, model_tags = _given_pretrained(cfg.pretrained, echo)
+    else:
+        _collect_pretrain_index(cfg, tasks, data, pre, echo)
+
+    echo(f"[4/4] run-stream {stream.name} --method {cfg.method} --preset {cfg.preset} --obs {cfg.obs_type}")
+    run_cfg = RunConfig(stream=stream, method=cfg.method, seed=cfg.seed, preset=cfg.preset,
+                        overrides=(("pretrained", str(pre)), *cfg.overrides),
+                        env=EnvConfig(obs_type=cfg.obs_type, render_quality=cfg.render_quality),
+                        torch_threads=cfg.threads, video_frames=cfg.video_frames, tags=model_tags)
+    rep = MlflowReporter()
+    result = run_stream(run_cfg, echo=echo, reporter=rep)
+    out: dict[str, Any] = {"workdir": str(work), "run_id": result.run_id, "summary": result.summary}
+    out["comparison"] = _compare_with_baselines(stream.name, cfg, echo)
+    echo(f"look at the results with: {ui_command(rep.uri)}")
+    return out
+
+
+def _given_pretrained(value: str, echo: Callable[[str], None]) -> tuple[Path, tuple[tuple[str, str], ...]]:
+    """``--pretrained``: a pre-training folder or a registered model (``models:/...``); stages 1-3 are skipped."""
+    from harness.registry_models import is_model_uri, resolve_pretrained
+    from methods.gsa.pretrain import WORLD_MODEL_FILE
+    echo(f"[1-3/4] collect, pretrain, build-index: skipped, the pre-trained model is given: {value}")
+    folder = Path(resolve_pretrained(value, echo=lambda line: echo(f"      {line}"))).resolve()
+    if not (folder / WORLD_MODEL_FILE).is_file():
+        raise HarnessError(f"--pretrained {value}: no {WORLD_MODEL_FILE} in {folder}")
+    return folder, ((("pretrained_model", value),) if is_model_uri(value) else ())
+
+
+def _collect_pretrain_index(cfg: PipelineConfig, tasks: tuple[str, ...], data: Path, pre: Path,
+                            echo: Callable[[str], None]) -> None:
+    """Stages 1-3, each skipped when its output is complete."""
+    from harness.collect import CollectConfig, collect
+    from harness.offline import MANIFEST_FILE
+    from harness.pretraining import pretrain, resume_pretrain
+    from methods.gsa.pretrain import CHECKPOINT_FILE, PRETRAIN_FILE, WORLD_MODEL_FILE, make_config
+    from methods.gsa.retrieval import INDEX_DIR, build_index
     echo(f"[1/4] collect: reward-free data of {', '.join(tasks)} -> {data}")
     if (data / MANIFEST_FILE).is_file():
         echo("      already there; reusing it (delete the folder to collect again)")
@@ -96,18 +130,6 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
         echo("      already built; reusing it")
     else:
         build_index(pre, echo=echo)
-
-    echo(f"[4/4] run-stream {stream.name} --method {cfg.method} --preset {cfg.preset} --obs {cfg.obs_type}")
-    run_cfg = RunConfig(stream=stream, method=cfg.method, seed=cfg.seed, preset=cfg.preset,
-                        overrides=(("pretrained", str(pre)), *cfg.overrides),
-                        env=EnvConfig(obs_type=cfg.obs_type, render_quality=cfg.render_quality),
-                        torch_threads=cfg.threads, video_frames=cfg.video_frames)
-    rep = MlflowReporter()
-    result = run_stream(run_cfg, echo=echo, reporter=rep)
-    out: dict[str, Any] = {"workdir": str(work), "run_id": result.run_id, "summary": result.summary}
-    out["comparison"] = _compare_with_baselines(stream.name, cfg, echo)
-    echo(f"look at the results with: {ui_command(rep.uri)}")
-    return out
 
 
 def _compare_with_baselines(stream: str, cfg: PipelineConfig, echo: Callable[[str], None]) -> str | None:

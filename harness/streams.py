@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, check_int
 from harness.registry import Registry
 
 
@@ -73,6 +73,16 @@ class StreamSpec:
             ev = replace(ev, episodes=eval_episodes)
         return replace(self, tasks=tasks, eval=ev)
 
+    def validate(self) -> "StreamSpec":
+        """A stream built in code or read back from a run's config: the rules a stream file follows."""
+        if not self.tasks:
+            raise HarnessError(f"stream {self.name!r} has no tasks")
+        for i, t in enumerate(self.tasks):
+            _positive(t.frames, f"stream {self.name!r}: tasks[{i}].frames")
+        _positive(self.eval.every_frames, f"stream {self.name!r}: eval.every_frames")
+        _positive(self.eval.episodes, f"stream {self.name!r}: eval.episodes")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,
                 "eval": {"every_frames": self.eval.every_frames, "episodes": self.eval.episodes},
@@ -82,6 +92,7 @@ class StreamSpec:
 def _positive(value: Any, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise HarnessError(f"{what} must be a positive integer, got {value!r}")
+    check_int(value, what, 1)   # and not absurdly large (a typo such as 1e18)
 
 
 STREAMS: Registry[Callable[[], StreamSpec] | StreamSpec] = Registry("stream")
@@ -126,6 +137,35 @@ _builtin("quick", "CPU smoke stream: cartpole-balance -> reach-v3 -> walker-stan
          [("cartpole-balance", 4_000), ("reach-v3", 4_000), ("walker-stand", 4_000)], EvalSpec(2_000, 2))
 _builtin("cw3-short", "CPU-sized Meta-World: reach -> push -> window-close, 20k frames each",
          [("reach-v3", 20_000), ("push-v3", 20_000), ("window-close-v3", 20_000)], EvalSpec(10_000, 3))
+
+
+MULTITASK_ROUNDS = 5   # ours: chunks per task in the multi-task reference streams (CW's MT switches every episode)
+
+
+def multitask_stream(spec: StreamSpec, rounds: int = MULTITASK_ROUNDS) -> StreamSpec:
+    """The multi-task reference's stream for ``spec`` (the ``multitask`` method, methods/cl/multitask.py):
+    the distinct tasks of ``spec`` visited round-robin ``rounds`` times, each task's total budget (over all
+    its occurrences in ``spec``) cut into ``rounds`` near-equal chunks, so the total budget is ``spec``'s.
+    Evaluation runs at chunk ends only (a stream of N tasks has N x rounds positions, each evaluated)."""
+    check_int(rounds, "rounds", 1)
+    budget: dict[str, int] = {}
+    for t in spec.tasks:
+        budget[t.name] = budget.get(t.name, 0) + t.frames
+    tasks = []
+    for r in range(rounds):
+        for name, frames in budget.items():
+            chunk = frames // rounds + (1 if r < frames % rounds else 0)
+            if chunk:
+                tasks.append(TaskSpec(name, chunk))
+    every = max(t.frames for t in tasks)
+    return StreamSpec(f"{spec.name}-mt", tuple(tasks), EvalSpec(every, spec.eval.episodes),
+                      f"Multi-task reference for {spec.name}: its {len(budget)} tasks round-robin in {rounds} chunks "
+                      f"each, the same total budget", spec.source).validate()
+
+
+for _entry in STREAMS.with_tag("built-in"):
+    _mt = multitask_stream(_entry.value)  # type: ignore[arg-type]
+    STREAMS.register(_mt.name, _mt, description=_mt.description, tags=("built-in", "multitask"))
 
 
 # ---------------------------------------------------------------- TOML files
@@ -196,9 +236,10 @@ def parse_stream_toml(text: str, source: str = "<string>") -> StreamSpec:
             if key not in _EVAL_KEYS:
                 raise fail(f"unknown key {key!r} in [eval]; valid: {', '.join(sorted(_EVAL_KEYS))}", key, "eval")
         for key in _EVAL_KEYS & set(table):
-            value = table[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise fail(f"eval.{key} must be a positive integer, got {value!r}", key, "eval")
+            try:
+                _positive(table[key], f"eval.{key}")
+            except HarnessError as exc:
+                raise fail(str(exc), key, "eval") from None
         ev = EvalSpec(**{**ev.__dict__, **table})
 
     tasks_raw = data.get("tasks")
@@ -218,17 +259,27 @@ def parse_stream_toml(text: str, source: str = "<string>") -> StreamSpec:
         if not isinstance(tname, str) or tname not in TASKS:
             msg = TASKS.unknown_message(str(tname)) if isinstance(tname, str) else "must be a string"
             raise fail(f"tasks[{i}].name: {msg}", "name", "tasks", i)
-        if isinstance(frames, bool) or not isinstance(frames, int) or frames <= 0:
-            raise fail(f"tasks[{i}].frames must be a positive integer (env frames), got {frames!r}",
-                       "frames", "tasks", i)
+        try:
+            _positive(frames, f"tasks[{i}].frames")
+        except HarnessError as exc:
+            raise fail(str(exc), "frames", "tasks", i) from None
         tasks.append(TaskSpec(tname, frames))
     return StreamSpec(name, tuple(tasks), ev, description, source)
+
+
+def _not_a_file(p: Path) -> str:
+    """Why ``p`` cannot be read as a stream file: what it is instead of a regular file."""
+    if not p.exists():
+        return "does not exist"
+    kind = ("a directory" if p.is_dir() else "a named pipe" if p.is_fifo() else "a socket" if p.is_socket()
+            else "a device" if p.is_char_device() or p.is_block_device() else "a special file")
+    return f"is not a regular file but {kind}"
 
 
 def load_stream_file(path: str | os.PathLike[str]) -> StreamSpec:
     p = Path(path)
     if not p.is_file():
-        raise HarnessError(f"stream file {str(p)!r} does not exist")
+        raise HarnessError(f"stream file {str(p)!r} {_not_a_file(p)}")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -253,13 +304,21 @@ def add_stream_file(path: str | os.PathLike[str], force: bool = False) -> tuple[
     if spec.name in STREAMS:
         raise HarnessError(f"stream name {spec.name!r} is taken by a {STREAMS.entry(spec.name).tags[0]} stream; "
                            "rename it in the file")
-    dest = user_streams_dir() / f"{spec.name}.toml"
+    directory = user_streams_dir()
+    where = "GSA_STREAMS_DIR" if os.environ.get("GSA_STREAMS_DIR") else "the user streams directory"
+    if directory.exists() and not directory.is_dir():
+        raise HarnessError(f"{where} {str(directory)!r} is not a directory; point GSA_STREAMS_DIR at a directory")
+    dest = directory / f"{spec.name}.toml"
     if dest.exists() and not force:
         raise HarnessError(f"a user stream {spec.name!r} already exists at {dest}; use --force to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
-    shutil.copyfile(path, tmp)
-    tmp.replace(dest)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, tmp)
+        tmp.replace(dest)
+    except OSError as exc:
+        raise HarnessError(f"cannot store the stream in {where} {str(directory)!r}: "
+                           f"{exc.strerror or exc} ({exc.filename or directory})") from None
     return spec, dest
 
 
@@ -297,5 +356,80 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
     for mod in names:
         try:
             importlib.import_module(mod.strip())
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
             raise HarnessError(f"cannot import plugin module {mod!r}: {exc}") from None
+        except Exception as exc:   # the plugin's own code failed: a user error, not the harness's bug
+            raise HarnessError(f"plugin module {mod!r} failed while being imported: "
+                               f"{type(exc).__name__}: {exc}{_where(exc)}") from None
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at FILE:LINE)``: the innermost frame of an exception's traceback (SyntaxError's message has it)."""
+    if isinstance(exc, SyntaxError):
+        return ""
+    import traceback
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+# ---------------------------------------------------------------- a stream as Gymnasium environments
+
+@dataclass(frozen=True)
+class GymStreamTask:
+    """One task of a stream for another library's agent: train on ``env`` for ``frames`` env frames (count
+    ``info["env_frames"]``), then go on to the next task. ``make()`` gives another env of the same task and
+    settings (evaluation, vector envs: ``gymnasium.make_vec(task.env_id, n, **task.kwargs)``)."""
+    index: int
+    name: str
+    frames: int                    # env-frame budget (simulator frames; an agent step takes action_repeat of them)
+    env_id: str                    # gsa/<task>-v0
+    kwargs: dict[str, Any]         # the keyword arguments ``env`` was made with
+    env: Any                       # gymnasium.Env; its simulator is made at the first reset
+
+    def make(self, **overrides: Any) -> Any:
+        import gymnasium
+        return gymnasium.make(self.env_id, **{**self.kwargs, **overrides})
+
+
+@dataclass(frozen=True)
+class GymStream:
+    """A stream as Gymnasium environments in order, with its evaluation settings (evaluate on every task of
+    ``tasks`` each ``eval.every_frames`` env frames, ``eval.episodes`` episodes each, as the runner does)."""
+    name: str
+    tasks: tuple[GymStreamTask, ...]
+    eval: EvalSpec
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i: int) -> GymStreamTask:
+        return self.tasks[i]
+
+    def close(self) -> None:
+        for t in self.tasks:
+            t.env.close()
+
+
+def make_envs(stream: str | StreamSpec, obs_type: str = "pixels", **env_kwargs: Any) -> GymStream:
+    """The tasks of ``stream`` (a name or a spec) as Gymnasium envs ``gsa/<task>-v0`` in order.
+
+    All of them act in the stream's shared action space and pad state vectors alike, as the runner does
+    (``action_pad_dim`` / ``proprio_pad_dim``: the largest in the stream unless given; ``info["action_mask"]``
+    marks each task's own dims). Other keyword arguments are :class:`tasks.base.EnvConfig`'s and
+    ``render_mode``."""
+    from tasks.catalog import TASKS
+    from tasks.gym import env_id, register_envs
+    import gymnasium
+    spec = (get_stream(stream) if isinstance(stream, str) else stream).validate()
+    register_envs()
+    infos = [TASKS.get(t.name) for t in spec.tasks]
+    kwargs = {"obs_type": obs_type, **env_kwargs}
+    kwargs.setdefault("action_pad_dim", max(i.action_dim for i in infos))
+    if obs_type != "pixels":
+        kwargs.setdefault("proprio_pad_dim", max(i.proprio_dim for i in infos))
+    tasks = tuple(GymStreamTask(i, t.name, t.frames, env_id(t.name), dict(kwargs),
+                                gymnasium.make(env_id(t.name), **kwargs)) for i, t in enumerate(spec.tasks))
+    return GymStream(spec.name, tasks, spec.eval)

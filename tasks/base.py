@@ -113,8 +113,8 @@ def prepare_simulators() -> None:
 def make_env(name: str, config: EnvConfig | None = None, seed: int = 0) -> TaskEnv:
     """Build the env for a registered task. Imports the simulator only now."""
     prepare_simulators()
-    from tasks.catalog import TASKS
     from harness.registry import import_target
+    from tasks.catalog import TASKS
     info = TASKS.get(name)
     config = (config or EnvConfig()).validate()
     return import_target(info.factory)(info, config, seed)

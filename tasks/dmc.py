@@ -6,7 +6,6 @@ ours (dm_control's own time limit is switched off), so ``episode_frames`` may be
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from harness.errors import HarnessError
@@ -91,6 +90,13 @@ class DMCEnv:
             return int(camera)
         raise HarnessError(f"{self.info.name} has no camera {camera!r}; valid: -1 (free camera), "
                            f"0..{model.ncam - 1}, or one of {[n for n in names if n]}")
+
+    def reseed(self, seed: int) -> None:
+        """Restart the task's random stream as if the env had been built with ``seed`` (the next
+        ``reset()`` is that env's first episode), without rebuilding the simulator."""
+        self.seed = seed
+        self._env.task._random = np.random.RandomState(seed)   # what suite.load(task_kwargs={"random": seed}) sets
+        self._done = True
 
     def reset(self) -> dict[str, np.ndarray]:
         timestep = self._env.reset()

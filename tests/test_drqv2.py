@@ -1,6 +1,7 @@
 """DrQ-v2 on real envs with the debug preset: acting, n-step sampling, updates, checkpoints."""
 import numpy as np
 import torch
+from episodes import run_episode
 
 from harness import checkpoint
 from harness.config import RunConfig
@@ -9,7 +10,6 @@ from harness.streams import EvalSpec, StreamSpec, TaskSpec
 from methods.base import MethodContext, TaskContext
 from methods.drqv2 import DrQV2, DrQV2Config, random_shift, sample_action
 from tasks.base import EnvConfig, make_env
-from episodes import run_episode
 
 
 def test_random_shift_moves_by_at_most_pad_and_keeps_shape():

@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from offline_data import collected, pretrain_debug
 
 from harness import checkpoint
 from harness.config import RunConfig
@@ -21,7 +22,6 @@ from methods.backbone.checkpoint import CheckpointMismatchError, save_world_mode
 from methods.backbone.world_model import WorldModel
 from methods.base import MethodContext, Step, TaskContext, resolve_config
 from methods.gsa.pretrain import load_pretrained
-from offline_data import collected, pretrain_debug
 from tasks.base import EnvConfig, make_env
 from tasks.catalog import TASKS
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from episodes import run_episode
 
 from harness import checkpoint
 from harness.config import RunConfig
@@ -11,7 +12,6 @@ from harness.streams import EvalSpec, StreamSpec, TaskSpec
 from methods.base import MethodContext, TaskContext, resolve_config
 from methods.packnet import SPEC, PackNet, PackNetConfig
 from tasks.base import EnvConfig, make_env
-from episodes import run_episode
 
 TASKS = ("cartpole-balance", "cartpole-swingup")
 

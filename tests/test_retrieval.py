@@ -5,13 +5,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from offline_data import collected, pretrain_debug, write_ncrl
 
 from harness.errors import HarnessError
 from harness.offline import open_dataset
 from methods.backbone.checkpoint import save_world_model
 from methods.gsa.pretrain import load_pretrained
 from methods.gsa.retrieval import RetrievalConfig, RetrievalIndex, Retriever, build_index, encoder_fingerprint
-from offline_data import collected, pretrain_debug, write_ncrl
 
 QUIET = dict(echo=lambda *_: None)
 

@@ -2,8 +2,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.registry import Registry
-from harness.streams import (STREAMS, StreamSpec, TaskSpec, add_stream_file, get_stream, parse_stream_toml,
-                             stream)
+from harness.streams import STREAMS, StreamSpec, TaskSpec, add_stream_file, get_stream, parse_stream_toml, stream
 from tasks.catalog import TASKS
 
 GOOD = """

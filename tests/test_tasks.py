@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from tasks.base import EnvConfig, make_env
-from tasks.catalog import TASKS, DMC_EXTRA
 from tasks import spaces
+from tasks.base import EnvConfig, make_env
+from tasks.catalog import DMC_EXTRA, TASKS
 
 pytestmark = pytest.mark.filterwarnings("ignore:`in1d` is deprecated:DeprecationWarning")
 
@@ -74,6 +74,7 @@ def test_catalog_import_is_light():
 
 def test_dmc_names_match_dm_control():
     from dm_control import suite
+
     from tasks import urlb
     expected = set(suite.BENCHMARKING) | set(DMC_EXTRA) | set(urlb.TASK_NAMES)
     expected_names = {f"{d}-{t}" for d, t in expected}
@@ -251,7 +252,6 @@ def test_spaces_helpers():
 
 @pytest.mark.parametrize("name", one_per_embodiment())
 def test_task_pixels(name):
-    info = TASKS.get(name)
     config = EnvConfig(obs_type="both", render_quality="fast", episode_frames=6,
                        action_pad_dim=PAD_ACTION)
     env = make_env(name, config, seed=0)

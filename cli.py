@@ -22,9 +22,11 @@ class _Group(click.Group):
         except HarnessError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.secho("interrupted", fg="red", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            from harness.lifecycle import Terminated
+            term = isinstance(exc, Terminated)
+            click.secho("terminated (SIGTERM)" if term else "interrupted", fg="red", err=True)
+            sys.exit(143 if term else 130)
 
 
 def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
@@ -41,7 +43,9 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
               help="Import MODULE first (it may register streams with @stream). Also $GSA_PLUGINS=a,b.")
 def main(plugin: tuple[str, ...]) -> None:
     """Continual-RL benchmark harness around GSA (generalist-to-specialist adaptation)."""
+    from harness.lifecycle import handle_sigterm
     from harness.streams import load_plugins
+    handle_sigterm()   # a scheduler's SIGTERM ends the run KILLED with its resume hint, not RUNNING forever
     load_plugins(plugin)
 
 
@@ -119,6 +123,15 @@ def methods_list() -> None:
 
 # ------------------------------------------------------------------------------------ running
 
+def _check_options(*options: tuple[str, int | None, int]) -> None:
+    """``(--option, value, lowest valid)`` for integer options (None: not given); a clear error if out of range."""
+    from harness.errors import MAX_INT, MAX_THREADS, check_int
+    high = {"--threads": MAX_THREADS, "--seed": 2**63 - 1}
+    for option, value, low in options:
+        if value is not None:
+            check_int(value, option, low, high.get(option, MAX_INT))
+
+
 def _parse_overrides(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     out = []
     for item in items:
@@ -144,25 +157,25 @@ def _parse_overrides(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--render-quality", type=click.Choice(["paper", "fast"]), default="paper", show_default=True)
 @click.option("--action-repeat", type=int, default=2, show_default=True, help="Table 5: 2.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
-@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
+@click.option("--threads", type=int, default=0,
+              help="torch CPU threads (0: auto: the free cores, 1 on a machine other processes keep busy).")
 @click.option("--checkpoint-every", type=int, default=25_000, show_default=True, help="Env frames.")
 @click.option("--video-frames", type=int, default=200, show_default=True, help="0 disables videos.")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where checkpoints are kept.")
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue a killed run (MLflow run id).")
-@click.option("--pretrained", default=None, type=click.Path(), metavar="DIR",
-              help="GSA methods: the pre-training run (from `pretrain --build-index`).")
+@click.option("--pretrained", default=None, type=click.Path(), metavar="DIR|URI",
+              help="GSA methods: the pre-training run (from `pretrain --build-index`), or a registered model "
+                   "models:/NAME/VERSION or models:/NAME@ALIAS.")
 @click.option("--offline-data", default=None, type=click.Path(), metavar="DIR",
               help="GSA methods: the offline dataset (default: the one the model was pre-trained on).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="An extra MLflow tag on the run.")
 def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str | None, overrides: tuple[str, ...],
                    stream_file: str | None, frames_per_task: int | None, eval_every: int | None,
                    eval_episodes: int | None, obs_type: str, render_quality: str, action_repeat: int,
                    device: str, threads: int, checkpoint_every: int, video_frames: int, runs_dir: str,
-                   resume: str | None, pretrained: str | None, offline_data: str | None) -> None:
+                   resume: str | None, pretrained: str | None, offline_data: str | None, tags: tuple[str, ...]) -> None:
     """Train a method on each task of STREAM in order, evaluating on all tasks; report to MLflow."""
-    from harness.config import RunConfig
-    from harness.streams import get_stream, load_stream_file
-    from methods import METHODS
-    from tasks.base import EnvConfig
+    from harness.launch import RunOptions
 
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering on the CPU
     if resume:
@@ -172,30 +185,282 @@ def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str 
         from harness.reporting import MlflowReporter
         from harness.runner import resume_config, run_stream
         rep = MlflowReporter()
-        cfg = resume_config(resume, rep)
+        cfg = resume_config(resume, rep)   # refuses task runs, FINISHED runs, live runs, damaged folders
+        if threads:
+            import dataclasses
+            cfg = dataclasses.replace(cfg, torch_threads=threads)
         run_stream(cfg, resume=resume, echo=click.echo, reporter=rep)
         return
-    if bool(stream) == bool(stream_file):
-        raise HarnessError("give exactly one of STREAM (see `streams list`) or --stream-file FILE")
-    spec = load_stream_file(stream_file) if stream_file else get_stream(stream)  # type: ignore[arg-type]
-    spec = spec.with_overrides(frames_per_task, eval_every, eval_episodes)
-    METHODS.entry(method_name)  # unknown method: clear error before anything heavy is imported
-    parsed = _parse_overrides(overrides)
-    for flag, field, value in (("--pretrained", "pretrained", pretrained), ("--offline-data", "offline_data", offline_data)):
-        if value is not None:
-            import dataclasses
-            fields = {f.name for f in dataclasses.fields(METHODS.load(method_name).config_cls())}
-            if field not in fields:
-                raise HarnessError(f"{flag} is for the methods that fine-tune a pre-trained world model "
-                                   f"(gsa, gsa-p, gsa-p-er, gsa-p-g, jsrl-bc), not {method_name!r}")
-            parsed += ((field, os.path.abspath(value)),)  # absolute: a resumed run may start elsewhere
-    cfg = RunConfig(stream=spec, method=method_name, seed=seed, preset=preset,
-                    overrides=parsed,
-                    env=EnvConfig(obs_type=obs_type, render_quality=render_quality, action_repeat=action_repeat),
-                    device=device, torch_threads=threads, checkpoint_every_frames=checkpoint_every,
-                    video_frames=video_frames, runs_dir=runs_dir)
+    cfg = RunOptions(stream=stream, stream_file=stream_file, method=method_name, seed=seed, preset=preset,
+                     overrides=overrides, frames_per_task=frames_per_task, eval_every=eval_every,
+                     eval_episodes=eval_episodes, obs=obs_type, render_quality=render_quality,
+                     action_repeat=action_repeat, device=device, threads=threads, checkpoint_every=checkpoint_every,
+                     video_frames=video_frames, runs_dir=runs_dir, pretrained=pretrained, offline_data=offline_data,
+                     tags=tags).to_config()
     from harness.runner import run_stream
     run_stream(cfg, echo=click.echo)
+
+
+def _pretrained_folder(value: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """A pre-training folder as given, or a registered model's (models:/...) downloaded folder with the run
+    tag that names it."""
+    from harness.registry_models import is_model_uri, resolve_pretrained
+    if not is_model_uri(value):
+        return value, ()
+    return resolve_pretrained(value, echo=click.echo), (f"pretrained_model={value}",)
+
+
+# ------------------------------------------------------------------------------------ runs and their processes
+
+@main.group()
+def runs() -> None:
+    """List runs with whether their process is alive; mark dead ones KILLED."""
+
+
+def _parent_runs(rep, experiment: str | None, status: str | None) -> list:
+    exps = [e for e in rep.client.search_experiments() if experiment is None or e.name == experiment]
+    if experiment is not None and not exps:
+        names = ", ".join(sorted(e.name for e in rep.client.search_experiments()))
+        raise HarnessError(f"no experiment {experiment!r} in {rep.uri}; valid: {names or '(none)'}")
+    filt = f"attributes.status = '{status}'" if status else ""
+    out = []
+    for e in exps:
+        out += [r for r in rep.client.search_runs([e.experiment_id], filter_string=filt, max_results=5000)
+                if "mlflow.parentRunId" not in r.data.tags]
+    return out
+
+
+_STATUSES = click.Choice(["RUNNING", "FINISHED", "FAILED", "KILLED", "SCHEDULED"])
+
+
+@runs.command("list")
+@click.option("--experiment", default=None, help="Only this experiment (e.g. stream/ant, datasets, pretrain).")
+@click.option("--status", type=_STATUSES, default=None, help="Only runs in this MLflow status.")
+@click.option("--stale-after", type=float, default=None, metavar="SECONDS",
+              help="A run on another host is dead after this long without a heartbeat (default 7200).")
+def runs_list(experiment: str | None, status: str | None, stale_after: float | None) -> None:
+    """Parent runs, newest first, with their status and, for RUNNING ones, whether the process lives."""
+    import time
+
+    from harness.lifecycle import STALE_AFTER_S, liveness
+    from harness.reporting import MlflowReporter
+    rep = MlflowReporter()
+    rows = []
+    for r in sorted(_parent_runs(rep, experiment, status), key=lambda r: -r.info.start_time):
+        lv = liveness(r, STALE_AFTER_S if stale_after is None else stale_after)
+        exp = rep.client.get_experiment(r.info.experiment_id).name
+        state = r.info.status if lv.state == "ended" else f"RUNNING ({lv.state})"
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.info.start_time / 1000))
+        rows.append((r.info.run_id, exp, r.info.run_name or "", state, started,
+                     "" if lv.state == "ended" else lv.reason))
+    _table(rows, ("run", "experiment", "name", "status", "started", "process"))
+    dead = sum(1 for r in rows if r[3] == "RUNNING (dead)")
+    if dead:
+        click.echo(f"{dead} dead run(s): continue one with `run-stream --resume RUN_ID`, or mark them KILLED "
+                   "with `runs gc`")
+
+
+@runs.command("gc")
+@click.option("--experiment", default=None, help="Only this experiment.")
+@click.option("--stale-after", type=float, default=None, metavar="SECONDS",
+              help="A run on another host is dead after this long without a heartbeat (default 7200).")
+@click.option("--dry-run", is_flag=True, help="Say what would be marked, change nothing.")
+def runs_gc(experiment: str | None, stale_after: float | None, dry_run: bool) -> None:
+    """Mark RUNNING runs whose process is dead (SIGKILL, OOM, a lost node) KILLED, with their task runs.
+    They stay resumable with `run-stream --resume RUN_ID`."""
+    from harness.lifecycle import STALE_AFTER_S, end_dead_runs
+    from harness.reporting import MlflowReporter
+    if stale_after is not None and stale_after < 0:
+        raise HarnessError(f"--stale-after must be >= 0 seconds, got {stale_after}")
+    rep = MlflowReporter()
+    dead = end_dead_runs(rep, _parent_runs(rep, experiment, "RUNNING"), click.echo, dry_run,
+                         STALE_AFTER_S if stale_after is None else stale_after)
+    click.echo(f"{len(dead)} dead run(s) {'found' if dry_run else 'marked KILLED'}")
+
+
+# ------------------------------------------------------------------------------------ sweeps
+
+class _DefaultGroup(click.Group):
+    """`sweep STREAMS ...` runs a sweep; `sweep status SWEEP` (a subcommand) reports on one."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_DefaultGroup)
+def sweep() -> None:
+    """Run a grid of streams x methods x seeds as run-stream jobs (`sweep STREAMS --methods ... --seeds ...`),
+    or report on one (`sweep status SWEEP`). Running the same sweep again continues it."""
+
+
+def _int_list(value: str | None, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in value.split(",") if x.strip()) if value else ()
+    except ValueError:
+        raise HarnessError(f"{what} expects comma-separated integers, got {value!r}") from None
+
+
+@sweep.command("run")
+@click.argument("streams", required=False)
+@click.option("--file", "sweep_file", type=click.Path(dir_okay=False), default=None,
+              help="A sweep TOML file (the grid, run-stream options, [method.NAME] extras, [launch]).")
+@click.option("--methods", default=None, help="Comma-separated methods (see `methods list`).")
+@click.option("--seeds", default=None, help="Comma-separated seeds, e.g. 0,1,2.")
+@click.option("--name", default=None, help="The sweep id (default: a hash of the grid and its options).")
+@click.option("--preset", default=None)
+@click.option("--set", "overrides", multiple=True, metavar="[METHOD:]KEY=VALUE",
+              help="A method config override for every method, or only for METHOD.")
+@click.option("--frames-per-task", type=int, default=None)
+@click.option("--eval-every", type=int, default=None)
+@click.option("--eval-episodes", type=int, default=None)
+@click.option("--obs", "obs_type", type=click.Choice(["pixels", "proprio", "both"]), default=None)
+@click.option("--render-quality", type=click.Choice(["paper", "fast"]), default=None)
+@click.option("--action-repeat", type=int, default=None)
+@click.option("--device", default=None)
+@click.option("--checkpoint-every", type=int, default=None)
+@click.option("--video-frames", type=int, default=None)
+@click.option("--runs-dir", default=None)
+@click.option("--pretrained", default=None, type=click.Path(), help="For the GSA methods of the grid.")
+@click.option("--backend", default=None, help="local (default), ray or slurm.")
+@click.option("--concurrency", type=int, default=None, help="Jobs at once (local, slurm array); default: the cores.")
+@click.option("--cpus-per-job", type=int, default=None, help="Cores (and torch/OMP threads) per job.")
+@click.option("--gpus-per-job", type=float, default=None, help="GPU share per job (0.25: four runs per GPU).")
+@click.option("--max-retries", type=int, default=None, help="Resumes of a job whose process was killed (default 2).")
+@click.option("--ray-address", default=None, help="A Ray cluster (default $RAY_ADDRESS, else a local Ray).")
+@click.option("--slurm-partition", default=None)
+@click.option("--slurm-timeout-min", type=int, default=None)
+@click.option("--slurm-folder", default=None, help="submitit's folder for job scripts and logs (default slurm/).")
+@click.option("--dry-run", is_flag=True, help="Print the run-stream commands of the jobs left to run; run nothing.")
+def sweep_run(streams: str | None, sweep_file: str | None, methods: str | None, seeds: str | None, name: str | None,
+              preset: str | None, overrides: tuple[str, ...], frames_per_task: int | None, eval_every: int | None,
+              eval_episodes: int | None, obs_type: str | None, render_quality: str | None, action_repeat: int | None,
+              device: str | None, checkpoint_every: int | None, video_frames: int | None, runs_dir: str | None,
+              pretrained: str | None, backend: str | None, concurrency: int | None, cpus_per_job: int | None,
+              gpus_per_job: float | None, max_retries: int | None, ray_address: str | None,
+              slurm_partition: str | None, slurm_timeout_min: int | None, slurm_folder: str | None,
+              dry_run: bool) -> None:
+    """Run STREAMS (comma-separated names or stream files) x --methods x --seeds, or a --file sweep."""
+    import dataclasses
+    import shlex
+
+    from harness.reporting import MlflowReporter
+    from harness.sweep import SweepSpec, expand, find_runs, load_sweep_file, make_backend, run_sweep, state_of
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if sweep_file:
+        spec, launch = load_sweep_file(sweep_file)
+    elif streams:
+        spec, launch = SweepSpec(tuple(x.strip() for x in streams.split(",") if x.strip()),
+                                 tuple(m.strip() for m in (methods or "").split(",") if m.strip()),
+                                 _int_list(seeds, "--seeds") or (0,)), {}
+        if not spec.methods:
+            raise HarnessError("give --methods a,b (see `methods list`)")
+    else:
+        raise HarnessError("give STREAMS (comma-separated, see `streams list`) or --file SWEEP.toml")
+    run = dict(spec.run)
+    per_method = {m: dict(v) for m, v in spec.per_method.items()}
+    for key, value in (("preset", preset), ("frames_per_task", frames_per_task), ("eval_every", eval_every),
+                       ("eval_episodes", eval_episodes), ("obs", obs_type), ("render_quality", render_quality),
+                       ("action_repeat", action_repeat), ("device", device), ("checkpoint_every", checkpoint_every),
+                       ("video_frames", video_frames), ("runs_dir", runs_dir)):
+        if value is not None:
+            run[key] = value
+    for o in overrides:
+        head, colon, rest = o.partition(":")
+        if colon and "=" not in head:
+            per_method.setdefault(head, {}).setdefault("overrides", ())
+            per_method[head]["overrides"] = tuple(per_method[head]["overrides"]) + (rest,)
+        else:
+            run["overrides"] = tuple(run.get("overrides", ())) + (o,)
+    if pretrained:
+        for m in spec.methods:
+            if m.startswith(("gsa", "jsrl")):
+                per_method.setdefault(m, {})["pretrained"] = pretrained
+    spec = dataclasses.replace(spec, run=run, per_method=per_method, name=name or spec.name)
+    launch = {k: v for k, v in launch.items()} | {k: v for k, v in (
+        ("backend", backend), ("concurrency", concurrency), ("cpus_per_job", cpus_per_job),
+        ("gpus_per_job", gpus_per_job), ("max_retries", max_retries), ("ray_address", ray_address),
+        ("slurm_partition", slurm_partition), ("slurm_timeout_min", slurm_timeout_min),
+        ("slurm_folder", slurm_folder)) if v is not None}
+    retries = int(launch.pop("max_retries", 2))
+    if retries < 0:
+        raise HarnessError(f"--max-retries must be >= 0, got {retries}")
+    backend_name = launch.pop("backend", "local")
+    cores = len(os.sched_getaffinity(0))
+    be = make_backend(backend_name, concurrency=int(launch.pop("concurrency", cores)), **launch)
+    jobs = expand(spec)                 # every job validated before anything is created
+    sweep_id = spec.sweep_id()
+    if dry_run:
+        from harness.reporting import tracking_uri
+        uri = tracking_uri()
+        store_missing = uri.startswith("sqlite:///") and not os.path.exists(uri.removeprefix("sqlite:///"))
+        runs = {} if store_missing else find_runs(MlflowReporter().client, sweep_id)   # creates no store
+        for j in jobs:
+            state = state_of(runs.get(j.key))
+            argv = j.options.argv() if state == "start" else ["#", state, runs[j.key].info.run_id]
+            click.echo(f"{j.label}: " + shlex.join(argv))
+        click.echo(f"sweep {sweep_id}: {len(jobs)} jobs on backend {backend_name}; nothing was run (--dry-run)")
+        return
+    report = run_sweep(jobs, sweep_id, be, max_retries=retries, echo=click.echo)
+    if not report.ok:
+        raise HarnessError(f"sweep {sweep_id}: some jobs did not finish; see `python cli.py sweep status {sweep_id}` "
+                           "and run the same command again to continue them")
+
+
+@sweep.command("status")
+@click.argument("sweep_id", metavar="SWEEP")
+@click.option("--json", "as_json", is_flag=True)
+def sweep_status(sweep_id: str, as_json: bool) -> None:
+    """Runs of SWEEP per state and per method, and the failed jobs with their last error line."""
+    import json
+
+    from harness.sweep import status
+    st = status(sweep_id)
+    if as_json:
+        click.echo(json.dumps(st, indent=1))
+        return
+    click.echo(f"sweep {sweep_id}: {st['runs']} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(st["states"].items())))
+    states = sorted(st["states"])
+    _table([(m, *(str(c.get(s, 0)) for s in states)) for m, c in st["methods"].items()], ("method", *states))
+    for f in st["failed"]:
+        click.echo(f"{f['status']}: {f['run_id']} ({f['stream']}, {f['method']}, seed {f['seed']}): {f['error']}")
+
+
+@main.command("tracking-server")
+@click.option("--backend-store-uri", default=None, help="Default: the embedded store (sqlite:///./mlflow.db).")
+@click.option("--artifact-root", default=None, help="Default: ./mlruns next to the store.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve a cluster's nodes.")
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Server processes (1 for an SQLite store).")
+def tracking_server_cmd(backend_store_uri: str | None, artifact_root: str | None, host: str, port: int,
+                        workers: int) -> None:
+    """An MLflow tracking server for many concurrent runs (sweeps, clusters); set MLFLOW_TRACKING_URI to its URL."""
+    import subprocess
+    from pathlib import Path
+
+    from harness.reporting import tracking_uri
+    from harness.sweep import server_command
+    uri = backend_store_uri or (tracking_uri() if tracking_uri().startswith("sqlite:") else
+                                f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    if not 0 < port < 65536 or workers < 1:
+        raise HarnessError(f"--port must be in 1..65535 and --workers >= 1; got {port}, {workers}")
+    if uri.startswith("sqlite:") and workers > 1:
+        raise HarnessError("an SQLite store takes one writer: use --workers 1, or a PostgreSQL/MySQL store")
+    root = artifact_root or (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
+    cmd = server_command(uri, root, host, port, workers)
+    click.echo(f"MLflow server over {uri}, artifacts under {root}\n"
+               f"  export MLFLOW_TRACKING_URI=http://{'127.0.0.1' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}")
+    proc = subprocess.Popen(cmd)
+    try:
+        raise SystemExit(proc.wait())
+    finally:   # Ctrl-C or SIGTERM here: the server goes with us
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 # ------------------------------------------------------------------------------------ comparing
@@ -205,7 +470,8 @@ def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str 
 @click.option("--methods", default=None, help="Comma-separated methods (default: all with finished runs).")
 @click.option("--seeds", default=None, help="Comma-separated seeds (default: all).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: comparisons/<stream>-<time>).")
-def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: str | None) -> None:
+@click.option("--sweep", "sweep_id", default=None, help="Only the runs of this sweep (see `sweep status`).")
+def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: str | None, sweep_id: str | None) -> None:
     """Compare methods on STREAM from the runs in MLflow: table, curves, R matrices (also logged to MLflow)."""
     from harness.compare import compare
     from harness.reporting import ui_command
@@ -213,7 +479,8 @@ def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: st
         seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     except ValueError:
         raise HarnessError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
-    comp = compare(stream, [m.strip() for m in methods.split(",")] if methods else None, seed_list, out_dir)
+    comp = compare(stream, [m.strip() for m in methods.split(",")] if methods else None, seed_list, out_dir,
+                   sweep=sweep_id)
     click.echo(comp.markdown())
     for e in comp.excluded:
         click.echo(f"excluded: {e}")
@@ -243,23 +510,34 @@ def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: st
 @click.option("--render-quality", type=click.Choice(["paper", "fast"]), default="fast", show_default=True)
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
 @click.option("--workdir", default=None, help="Where data and the model go (default pipeline/<stream>-<obs>-<preset>).")
+@click.option("--pretrained", default=None, metavar="DIR|URI",
+              help="Use this pre-training folder or registered model (models:/NAME/VERSION, models:/NAME@ALIAS) "
+                   "and skip collect, pretrain and build-index.")
 def pipeline_cmd(stream: str, obs_type: str, preset: str, method_name: str, seed: int, data_tasks: str | None,
                  episodes: int, episode_frames: int | None, pretrain_steps: int, frames_per_task: int | None,
                  eval_every: int | None, eval_episodes: int | None, overrides: tuple[str, ...], render_quality: str,
-                 threads: int, workdir: str | None) -> None:
+                 threads: int, workdir: str | None, pretrained: str | None) -> None:
     """collect -> pretrain -> build-index -> run-stream gsa on STREAM, then compare with what else ran on it.
 
     Each stage is skipped when its output exists, so rerunning the same command continues a killed pipeline."""
     from harness.pipeline import PipelineConfig, run_pipeline
+    from methods import METHODS
+    from methods.base import resolve_config
+    from methods.gsa.pretrain import make_config
     os.environ.setdefault("MUJOCO_GL", "egl")
-    if pretrain_steps < 1 or episodes < 1:
-        raise HarnessError("--pretrain-steps and --episodes must be >= 1")
+    _check_options(("--seed", seed, 0), ("--threads", threads, 0), ("--episodes", episodes, 1),
+                   ("--episode-frames", episode_frames, 1), ("--pretrain-steps", pretrain_steps, 1),
+                   ("--frames-per-task", frames_per_task, 1), ("--eval-every", eval_every, 1),
+                   ("--eval-episodes", eval_episodes, 1))
+    # the configs of the later stages, checked before the first stage runs (--set, --preset)
+    make_config(preset, {"grad_updates": str(pretrain_steps)})
+    resolve_config(METHODS.load(method_name), method_name, preset, dict(_parse_overrides(overrides)))
     run_pipeline(PipelineConfig(stream=stream, obs_type=obs_type, preset=preset, seed=seed, method=method_name,
                                 data_tasks=_csv(data_tasks, str, "--data-tasks"), episodes=episodes,
                                 episode_frames=episode_frames, pretrain_steps=pretrain_steps,
                                 frames_per_task=frames_per_task, eval_every=eval_every, eval_episodes=eval_episodes,
                                 overrides=_parse_overrides(overrides), render_quality=render_quality,
-                                threads=threads, workdir=workdir), echo=click.echo)
+                                threads=threads, workdir=workdir, pretrained=pretrained), echo=click.echo)
 
 
 # ------------------------------------------------------------------------------------ offline data and GSA pre-training
@@ -321,42 +599,74 @@ def datasets() -> None:
 
 @datasets.command("show")
 @click.argument("path", type=click.Path())
-@click.option("--verify", is_flag=True, help="Read every episode in full and count the damaged ones.")
+@click.option("--verify", is_flag=True, help="Read every episode in full (checking its checksums) and count the "
+                                             "damaged ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def datasets_show(path: str, verify: bool, as_json: bool) -> None:
     """Summarise the dataset at PATH (ours or the ncrl layout): episodes, embodiments, policies, size."""
     import json
     import warnings
-    from harness.offline import open_dataset
+
+    from harness.offline import DamagedEpisodeWarning, open_dataset
+    lines: list[str] = []   # damage and other notes about the data, one line each, printed once
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = open_dataset(path)
-        if verify:
-            from tqdm import tqdm
-            with tqdm(total=ds.num_episodes, unit="episode", desc="verify", disable=None) as bar:
-                ds.verify(bar.update)
-        summary = ds.summary()
+        with open_dataset(path, "all" if verify else None, on_damage=lines.append) as ds:
+            found = 0
+            if verify:
+                from tqdm import tqdm
+                with tqdm(total=ds.num_episodes, unit="episode", desc="verify", disable=None) as bar:
+                    found = ds.verify(bar.update)
+            summary = ds.summary()
+            damaged = [f"{w}: {y}" for w, y in ds.damaged]
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return
-    for w in caught[:5]:
-        click.secho(f"warning: {w.message}", fg="yellow", err=True)
+    # Damaged parts are listed below; other notes (a shard missing from the manifest) and warnings here.
+    notes = [line for line in lines if not line.startswith(("skipping damaged data: ", "more damaged data"))]
+    notes += [f"{w.category.__name__}: {w.message}" for w in caught
+              if not issubclass(w.category, DamagedEpisodeWarning)]
+    for line in list(dict.fromkeys(notes))[:10]:
+        click.secho(f"warning: {line}", fg="yellow", err=True)
     click.echo(f"{summary['path']}  ({summary['format']})")
     obs = ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in summary["obs"].items())
     click.echo(f"  {summary['episodes']:,} episodes, {summary['stored_steps']:,} stored steps; "
                f"observations {obs}; actions padded to {summary['action_pad_dim']}")
     click.echo(f"  {summary['bytes_on_disk'] / 1e6:,.1f} MB on disk, {summary['bytes_per_million_steps'] / 1e9:.2f} GB "
                f"per million steps ({', '.join(summary['compressed_columns'])})")
-    click.echo(f"  damaged parts skipped: {summary['damaged']}" +
-               "".join(f"\n    {d}" for d in summary["damaged_examples"]))
+    checks = summary["checksums"]
+    unverified = " (Minari stores none" if summary["format"] == "minari" else " (written before checksums"
+    click.echo(f"  checksums: {checks}" + (f"{unverified}: reads are not verified)" if checks == "none"
+                                           else "; checked by every read"))
+    click.echo(f"  damaged parts skipped: {summary['damaged']}"
+               + (f" ({found} episode{'' if found == 1 else 's'} found damaged by --verify)" if verify else "")
+               + "".join(f"\n    {d}" for d in damaged[:20])
+               + (f"\n    ... and {len(damaged) - 20} more" if len(damaged) > 20 else ""))
     _table([(e, str(v["action_dim"]), f"{v['episodes']:,}", f"{v['stored_steps']:,}",
              ", ".join(f"{t} ({n})" for t, n in list(v["tasks"].items())[:4]) + (" ..." if len(v["tasks"]) > 4 else ""))
             for e, v in summary["embodiments"].items()], ("embodiment", "action dim", "episodes", "steps", "tasks"))
     _table([(p, f"{n:,}") for p, n in summary["policies"].items()], ("source policy", "episodes"))
 
 
+@datasets.command("export")
+@click.argument("path", type=click.Path())
+@click.option("--minari", "minari_id", required=True, metavar="ID",
+              help="Minari dataset id, (namespace/)name-vN, written under $MINARI_DATASETS_PATH (default ~/.minari/datasets).")
+@click.option("--author", default=None, help="Recorded in the Minari metadata.")
+@click.option("--author-email", default=None, help="Recorded in the Minari metadata.")
+@click.option("--description", default=None, help="Recorded in the Minari metadata (default: what the data is).")
+def datasets_export(path: str, minari_id: str, author: str | None, author_email: str | None,
+                    description: str | None) -> None:
+    """Write the dataset at PATH as a Minari dataset (rewards NaN: absent; per-episode metadata kept).
+    Read it back anywhere a dataset is read with minari:ID (pretrain --data, build-index --data)."""
+    from harness.offline.minari import export_minari
+    export_minari(path, minari_id, author=author, author_email=author_email, description=description, echo=click.echo)
+    click.echo(f"use it with: --data minari:{minari_id}")
+
+
 @main.command("pretrain")
-@click.option("--data", default=None, type=click.Path(), help="Dataset directory (ours or the ncrl layout).")
+@click.option("--data", default=None, type=click.Path(),
+              help="Dataset directory (ours or the ncrl layout), or minari:ID for a Minari dataset.")
 @click.option("--preset", default="paper", show_default=True, help="debug, tiny, small, paper.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. model.deter=128 or balance=embodiment.")
@@ -371,11 +681,23 @@ def datasets_show(path: str, verify: bool, as_json: bool) -> None:
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
 @click.option("--resume", default=None, metavar="DIR|RUN_ID", help="Continue a pre-training run.")
 @click.option("--build-index", "then_index", is_flag=True, help="Build the retrieval index when training ends.")
+@click.option("--register", "register_name", default=None, metavar="NAME",
+              help="Then register the world model, its index (built if missing) and provenance as a new version "
+                   "of NAME in the MLflow model registry (use it as --pretrained models:/NAME/VERSION).")
+@click.option("--alias", "aliases", multiple=True, metavar="ALIAS", help="With --register: point models:/NAME@ALIAS at it.")
 def pretrain_cmd(data: str | None, preset: str, overrides: tuple[str, ...], steps: int | None, obs_type: str | None,
                  action_pad_dim: int | None, out: str | None, runs_dir: str, seed: int, device: str, threads: int,
-                 resume: str | None, then_index: bool) -> None:
+                 resume: str | None, then_index: bool, register_name: str | None, aliases: tuple[str, ...]) -> None:
     """Task-agnostic world-model pre-training (reconstruction + KL, Eq. 1) on offline data; logs to MLflow."""
-    from methods.gsa.pretrain import make_config, pretrain, resume_pretrain
+    from harness.pretraining import pretrain, resume_pretrain
+    from methods.gsa.pretrain import make_config
+    _check_options(("--steps", steps, 1), ("--seed", seed, 0), ("--threads", threads, 0),
+                   ("--action-pad-dim", action_pad_dim, 1))
+    if aliases and not register_name:
+        raise HarnessError("--alias names a version made by --register NAME; give --register too")
+    if register_name:
+        from harness.registry_models import check_names
+        check_names(register_name, aliases)   # before training, not after it
     if resume:
         if data or overrides or out:
             raise HarnessError("--resume continues a run with its own data and config; "
@@ -391,9 +713,13 @@ def pretrain_cmd(data: str | None, preset: str, overrides: tuple[str, ...], step
         obs_keys = None if obs_type is None else (["pixels", "proprio"] if obs_type == "both" else [obs_type])
         res = pretrain(data, cfg, preset=preset, out=out, runs_dir=runs_dir, obs_keys=obs_keys,
                        action_pad_dim=action_pad_dim, seed=seed, device=device, threads=threads, echo=click.echo)
-    if then_index:
+    from methods.gsa.retrieval import INDEX_DIR
+    if then_index or (register_name and not (res.out / INDEX_DIR / "index.json").is_file()):
         from methods.gsa.retrieval import build_index
         build_index(res.out, echo=click.echo)
+    if register_name:
+        from harness.registry_models import register_pretrained
+        register_pretrained(res.out, register_name, aliases=aliases, echo=click.echo)
     from harness.reporting import ui_command
     click.echo(f"look at the run with: {ui_command()}")
 
@@ -414,7 +740,7 @@ def build_index_cmd(pretrain_dir: str, data: str | None, index_type: str, batch:
 
 
 @main.command("retrieve")
-@click.argument("pretrain_dir", type=click.Path(file_okay=False))
+@click.argument("pretrain_dir", type=click.Path(file_okay=False))   # or models:/NAME/VERSION
 @click.option("--task", "task_name", required=True, help="Reset this task's env and query with its first observation.")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Trajectories to return (GSA uses 500).")
 @click.option("--filter", "filter_by", type=click.Choice(["embodiment", "action-mask", "none"]), default="embodiment",
@@ -426,14 +752,16 @@ def retrieve_cmd(pretrain_dir: str, task_name: str, k: int, filter_by: str, seed
                  threads: int) -> None:
     """Query the retrieval index with a live env's reset frame (Eq. 4): the K nearest offline trajectories."""
     import time
+
+    from methods.base import check_config
     from methods.gsa.retrieval import RetrievalConfig, Retriever
     from tasks.base import EnvConfig, make_env
     from tasks.catalog import TASKS
     os.environ.setdefault("MUJOCO_GL", "egl")
-    if k < 1:
-        raise HarnessError(f"-k must be >= 1, got {k}")
+    _check_options(("-k", k, 1), ("--seed", seed, 0), ("--threads", threads, 0))
+    pretrain_dir = _pretrained_folder(pretrain_dir)[0] or pretrain_dir
     info = TASKS.get(task_name)
-    ret = Retriever(pretrain_dir, cfg=RetrievalConfig(threads=threads))
+    ret = Retriever(pretrain_dir, cfg=check_config(RetrievalConfig(threads=threads), "retrieval"))
     keys = list(ret.wm.obs_shapes)
     obs_type = "both" if len(keys) == 2 else keys[0]
     proprio = ret.wm.obs_shapes.get("proprio", (None,))[0]
@@ -453,6 +781,50 @@ def retrieve_cmd(pretrain_dir: str, task_name: str, k: int, filter_by: str, seed
     _table([(str(i), u, e, t, f"{d:.3f}") for i, (u, e, t, d) in
             enumerate(zip(hits.uids, hits.embodiments, hits.tasks, hits.distances))],
            ("#", "trajectory", "embodiment", "task", "distance"))
+
+
+# ------------------------------------------------------------------------------------ this machine
+
+@main.command("doctor")
+@click.option("--timeout", type=float, default=180.0, show_default=True,
+              help="Seconds the render check may take before it is reported as hanging.")
+def doctor_cmd(timeout: float) -> None:
+    """Versions that decide results, the GL backend and renderer, cores and threads, GPU; renders a DMC and a
+    Meta-World frame and times a step. Exits 1 (saying what to do) when rendering fails."""
+    from harness.doctor import diagnose, print_report
+    if timeout <= 0:
+        raise HarnessError(f"--timeout must be > 0 seconds, got {timeout}")
+    rep = diagnose(timeout)
+    print_report(rep, click.echo)
+    if not rep.ok:
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------ registered world models
+
+@main.group()
+def models() -> None:
+    """Pre-trained world models in the MLflow model registry (models:/NAME/VERSION, models:/NAME@ALIAS)."""
+
+
+@models.command("register")
+@click.argument("pretrain_dir", type=click.Path(file_okay=False))
+@click.argument("name")
+@click.option("--alias", "aliases", multiple=True, metavar="ALIAS", help="Point models:/NAME@ALIAS at the new version.")
+def models_register(pretrain_dir: str, name: str, aliases: tuple[str, ...]) -> None:
+    """Register the pre-training run in PRETRAIN_DIR (world model, index, provenance) as a version of NAME."""
+    from harness.registry_models import register_pretrained
+    register_pretrained(pretrain_dir, name, aliases=aliases, echo=click.echo)
+
+
+@models.command("pull")
+@click.argument("uri")
+def models_pull(uri: str) -> None:
+    """Download a registered model (models:/NAME/VERSION or models:/NAME@ALIAS) and print its local folder."""
+    from harness.registry_models import is_model_uri, resolve_pretrained
+    if not is_model_uri(uri):
+        raise HarnessError(f"{uri!r} is not a model URI: models:/NAME/VERSION or models:/NAME@ALIAS")
+    click.echo(resolve_pretrained(uri, echo=lambda *_: None))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.jobs import guidance_sets, prepare_pretrained, run_parallel, run_stream_command  # noqa: E402
+from benchmarks.jobs import guidance_sets, prepare_pretrained, run_jobs, run_stream_options  # noqa: E402
 
 # Each learner's own name for "frames of the warm-up policy per task" (the config fields, with their prefix).
 WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=2_000)
     ap.add_argument("--pretrain-threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--sweep", default=None, help="sweep id of the runs (default bench-ant-<stream>); the same "
+                                                  "command again continues it, skipping finished runs")
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "ant"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ant_compare"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
@@ -101,25 +103,19 @@ def main() -> None:
         print(f"data + pre-training: {(time.time() - t0) / 60:.1f} min", flush=True)
         if a.prepare_only:
             return
-        from harness.reporting import MlflowReporter
-        rep = MlflowReporter()
-        if rep.client.get_experiment_by_name(f"stream/{stream.name}") is None:
-            rep.client.create_experiment(f"stream/{stream.name}")   # here: parallel children would race (sqlite)
         guidance = guidance_sets(a.frames_per_task, a.guidance_share)
         jobs = []
         for s in seeds:
             for m in methods:
-                cmd = run_stream_command(cli, [stream.name], m, s, preset=a.preset,
-                                         sets=method_sets(m, a.warmup_frames, a.overrides, guidance),
-                                         pretrained=pre,
-                                         runs_dir=work / "runs",
-                                         extra=["--frames-per-task", str(a.frames_per_task), "--eval-every",
-                                                str(a.eval_every), "--eval-episodes", str(a.eval_episodes)])
-                jobs.append((f"{m}-seed{s}", cmd))
+                jobs.append((f"{m}-seed{s}", run_stream_options(
+                    stream.name, m, s, preset=a.preset, sets=method_sets(m, a.warmup_frames, a.overrides, guidance),
+                    pretrained=pre, runs_dir=work / "runs", frames_per_task=a.frames_per_task,
+                    eval_every=a.eval_every, eval_episodes=a.eval_episodes)))
         print(f"{len(jobs)} runs of {stream.name} ({len(stream.tasks)} tasks x {a.frames_per_task} env frames), "
               f"{a.parallel} at once", flush=True)
-        done = run_parallel(jobs, a.parallel, work / "logs", echo=lambda line: print(line, flush=True))
-        failed = [k for k, (rc, _) in done.items() if rc != 0]
+        done = run_jobs(jobs, a.sweep or f"bench-ant-{stream.name}", a.parallel, work / "logs",
+                        echo=lambda line: print(line, flush=True))
+        failed = [k for k, r in done.items() if r.status not in ("FINISHED", "SKIPPED")]
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {work / 'logs'}); comparing the others", flush=True)
     rc = subprocess.run(cli + ["compare", stream.name, "--methods", a.methods, "--seeds", a.seeds,

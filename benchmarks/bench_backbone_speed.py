@@ -42,6 +42,7 @@ def _obs_spec(obs: str) -> dict:
 
 def build(preset: str, obs: str, overrides: dict[str, str] | None = None, workdir: Path | None = None):
     import numpy as np
+
     from methods import METHODS
     from methods.base import MethodContext, TaskContext, resolve_config
     spec = METHODS.load("dreamer")
@@ -57,6 +58,7 @@ def build(preset: str, obs: str, overrides: dict[str, str] | None = None, workdi
 def fill(method, obs: str, episodes: int = 3, length: int = 250) -> None:
     """Synthetic episodes (random observations) of the right shapes: enough to sample batches."""
     import numpy as np
+
     from methods.base import Step
     rng = np.random.default_rng(0)
     for _ in range(episodes):
@@ -145,9 +147,9 @@ def time_run(preset: str, obs: str, warmup_frames: int, train_frames: int, threa
 
 def count() -> list[tuple[str, float, float]]:
     import torch
+
     from methods.backbone.actor_critic import ActorCritic
-    from methods.backbone.config import (DEBUG_AC, DEBUG_MODEL, PAPER_AC, PAPER_MODEL, SMALL_AC, SMALL_MODEL,
-                                         TINY_AC, TINY_MODEL)
+    from methods.backbone.config import DEBUG_AC, DEBUG_MODEL, PAPER_AC, PAPER_MODEL, SMALL_AC, SMALL_MODEL, TINY_AC, TINY_MODEL
     from methods.backbone.nets import count_parameters
     from methods.backbone.world_model import WorldModel
     rows = []

@@ -51,7 +51,7 @@ class RawDMC:
         return self.observe(self.env.reset())
 
     def step(self, action) -> int:
-        for frames in range(1, ACTION_REPEAT + 1):
+        for frames in range(1, ACTION_REPEAT + 1):  # noqa: B007 (returned after the loop)
             timestep = self.env.step(action)
             if timestep.last():
                 break
@@ -70,6 +70,7 @@ class RawMetaWorld:
     def __init__(self, name: str, obs_type: str, quality: str):
         import gymnasium
         import metaworld  # noqa: F401
+
         from tasks.metaworld import NCRL_CAMERA, NCRL_CAMERA_POS
         self.env = gymnasium.make("Meta-World/MT1", env_name=name, seed=0, render_mode="rgb_array",
                                   width=IMAGE_SIZE, height=IMAGE_SIZE, camera_name=NCRL_CAMERA,
@@ -88,7 +89,7 @@ class RawMetaWorld:
         return self.observe(self.env.reset()[0])
 
     def step(self, action) -> int:
-        for frames in range(1, ACTION_REPEAT + 1):
+        for frames in range(1, ACTION_REPEAT + 1):  # noqa: B007 (returned after the loop)
             state = self.env.step(action)[0]
             self.frames += 1
             if self.frames >= self.episode_frames:

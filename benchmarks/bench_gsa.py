@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
-from benchmarks.jobs import guidance_sets, prepare_pretrained, run_parallel, run_stream_command  # noqa: E402
+from benchmarks.jobs import guidance_sets, prepare_pretrained, run_jobs, run_stream_options  # noqa: E402
 
 
 def stream_file(task: str, frames: int, every: int, episodes: int, folder: Path) -> tuple[str, Path]:
@@ -115,25 +115,20 @@ def main() -> None:
 
     from harness.reporting import MlflowReporter, tracking_uri
     rep = MlflowReporter()
-    streams = {}
-    for task in tasks:
-        streams[task] = stream_file(task, a.frames, a.eval_every, a.eval_episodes, work)
-        if rep.client.get_experiment_by_name(f"stream/{streams[task][0]}") is None:
-            rep.client.create_experiment(f"stream/{streams[task][0]}")   # here: parallel children would race (sqlite)
+    streams = {task: stream_file(task, a.frames, a.eval_every, a.eval_episodes, work) for task in tasks}
     jobs = []
     for s in seeds:             # seed-major: stopped early, the finished seeds are complete across tasks and methods
         for task in tasks:
             name, path = streams[task]
             for m in methods:
-                cmd = run_stream_command(cli, ["--stream-file", str(path)], m, s, preset=a.preset,
-                                         sets=method_overrides(m, a.overrides, guidance_sets(a.frames, a.guidance_share)),
-                                         pretrained=pre,
-                                         runs_dir=work / "runs", extra=["--checkpoint-every", str(10**9)])
-                jobs.append((task, name, m, s, cmd))
+                jobs.append((task, name, m, s, run_stream_options(
+                    path, m, s, preset=a.preset,
+                    sets=method_overrides(m, a.overrides, guidance_sets(a.frames, a.guidance_share)),
+                    pretrained=pre, runs_dir=work / "runs", checkpoint_every=10**9)))
     print(f"{len(jobs)} runs, {a.parallel} at once; MLflow store {tracking_uri()}", flush=True)
-    done = run_parallel([(f"{m}-{task}-seed{s}", cmd) for task, _, m, s, cmd in jobs], a.parallel, work / "logs",
-                        echo=lambda line: print(line, flush=True))
-    walls = {**earlier_walls(a.name), **{(m, task, s): done[f"{m}-{task}-seed{s}"][1] for task, _, m, s, _ in jobs}}
+    done = run_jobs([(f"{m}-{task}-seed{s}", o) for task, _, m, s, o in jobs], f"bench-gsa-{a.name}", a.parallel,
+                    work / "logs", echo=lambda line: print(line, flush=True))
+    walls = {**earlier_walls(a.name), **{(m, task, s): done[f"{m}-{task}-seed{s}"].wall_s for task, _, m, s, _ in jobs}}
     summarize(a, tasks, methods, seeds, rep, walls, {"prepare_s": t_prepare, "total_s": time.time() - t0})
 
 
@@ -185,9 +180,11 @@ def summarize(a, tasks, methods, seeds, rep, walls, timing) -> None:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if "gsa" in agg and "dreamer" in agg and agg["dreamer"] > 0:
         lines += ["", f"Aggregate: gsa {agg['gsa']:.1f} vs dreamer {agg['dreamer']:.1f} "
-                      f"({100 * (agg['gsa'] - agg['dreamer']) / agg['dreamer']:+.1f}%; the paper reports +102.8% at 150k samples)."]
+                      f"({100 * (agg['gsa'] - agg['dreamer']) / agg['dreamer']:+.1f}%; "
+                      "the paper reports +102.8% at 150k samples)."]
     if walls:
-        lines += ["", "Wall time per run (min): " + ", ".join(f"{m} {t} s{s}: {w / 60:.1f}" for (m, t, s), w in sorted(walls.items())),
+        per_run = ", ".join(f"{m} {t} s{s}: {w / 60:.1f}" for (m, t, s), w in sorted(walls.items()))
+        lines += ["", "Wall time per run (min): " + per_run,
                   f"This invocation: collect + pre-training + index {timing['prepare_s'] / 60:.1f} min (0 when "
                   f"reused), total {timing['total_s'] / 60:.1f} min."]
     if a.note:

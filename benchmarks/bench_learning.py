@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_learning.py                              # dreamer, cartpole-swingup
     .venv/bin/python benchmarks/bench_learning.py --method drqv2 --task cartpole-balance --frames 30000
 
-Each seed is a separate process with one torch thread (anchors.md section 6: never oversubscribe the
-2 cores), all seeds at once by default. Every run is recorded in MLflow (experiment
+Each seed is a sweep job (``harness/sweep.py``: a separate process with one torch thread, anchors.md section 6:
+never oversubscribe the 2 cores), all seeds at once by default; run the same command again and finished runs
+are skipped, killed ones resumed. Every run is recorded in MLflow (experiment
 ``stream/learn-<task>``; the store is $MLFLOW_TRACKING_URI or ./mlflow.db), together with a summary run
 holding the curve and the numbers. The `random` baseline runs on the same task with the same seeds and
 therefore the same evaluation episodes; a constant zero-action policy is evaluated on them too, because
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,34 +27,24 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
 
-def _stream(task: str, frames: int, every: int, episodes: int):
-    from harness.streams import EvalSpec, StreamSpec, TaskSpec
-    return StreamSpec(f"learn-{task}", (TaskSpec(task, frames),), EvalSpec(every, episodes),
-                      description=f"{task} alone, {frames} env frames (learning benchmark)")
+def _stream_file(task: str, frames: int, every: int, episodes: int, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"learn-{task}.toml"
+    path.write_text(f'name = "learn-{task}"\ndescription = "{task} alone, {frames} env frames (learning benchmark)"\n'
+                    f"[eval]\nevery_frames = {every}\nepisodes = {episodes}\n"
+                    f'[[tasks]]\nname = "{task}"\nframes = {frames}\n')
+    return path
 
 
-def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
-    """One seed through the real runner; returns its evaluation curve (env frames, mean return)."""
-    from harness.config import RunConfig
-    from harness.reporting import MlflowReporter
-    from harness.runner import run_stream
-    from tasks.base import EnvConfig
-    overrides = tuple(tuple(o.split("=", 1)) for o in a.overrides) if method != "random" else ()
-    cfg = RunConfig(stream=_stream(a.task, a.frames, a.eval_every, a.eval_episodes), method=method, seed=seed,
-                    preset=a.preset if method != "random" else None, overrides=overrides,  # type: ignore[arg-type]
-                    env=EnvConfig(obs_type=a.obs), torch_threads=1, video_frames=0,
-                    checkpoint_every_frames=a.checkpoint_every, runs_dir=str(ROOT / "runs"))
-    rep = MlflowReporter()
-    t0 = time.time()
-    res = run_stream(cfg, echo=lambda *_: None, reporter=rep)
-    hist = rep.client.get_metric_history(res.run_id, f"eval/0-{a.task}/return")
-    return {"method": method, "seed": seed, "run_id": res.run_id, "wall_s": time.time() - t0,
-            "curve": sorted((int(m.step), float(m.value)) for m in hist)}
+def curve(rep, run_id: str, task: str) -> list[tuple[int, float]]:
+    hist = rep.client.get_metric_history(run_id, f"eval/0-{task}/return")
+    return sorted({int(m.step): float(m.value) for m in hist}.items())
 
 
 def zero_action_return(a: argparse.Namespace, seed: int) -> float:
     """Mean return of the all-zero action on the runner's evaluation episodes of ``seed``."""
     import numpy as np
+
     from harness.evaluation import evaluate
     from methods.base import TaskContext
     from tasks.base import EnvConfig
@@ -84,47 +74,30 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--parallel", type=int, default=0, help="processes at once (default: one per seed)")
     ap.add_argument("--checkpoint-every", type=int, default=10**9)
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "method:seed": run one, print JSON
     a = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    if a.child:
-        method, seed = a.child.split(":")
-        print(json.dumps(run_one(method, int(seed), a)), flush=True)
-        return
-
+    from benchmarks.jobs import run_jobs, run_stream_options
     from harness.reporting import MlflowReporter, tracking_uri
     seeds = [int(s) for s in a.seeds.split(",")]
-    # Create the store and the experiment once, here: processes racing to create them fail (sqlite).
-    rep = MlflowReporter()
-    exp_name = f"stream/learn-{a.task}"
-    if rep.client.get_experiment_by_name(exp_name) is None:
-        rep.client.create_experiment(exp_name)
-    base = [sys.executable, __file__, "--method", a.method, "--task", a.task, "--frames", str(a.frames), "--eval-every", str(a.eval_every),
-            "--eval-episodes", str(a.eval_episodes), "--preset", a.preset, "--obs", a.obs,
-            "--checkpoint-every", str(a.checkpoint_every)] + [x for o in a.overrides for x in ("--set", o)]
+    work = ROOT / "benchmarks" / "work" / "learning"
+    path = _stream_file(a.task, a.frames, a.eval_every, a.eval_episodes, work)
+    items = [(f"{m}-seed{s}", run_stream_options(path, m, s, preset=a.preset, sets=a.overrides, pretrained=None,
+                                                 runs_dir=ROOT / "runs", obs=a.obs, checkpoint_every=a.checkpoint_every))
+             for m in dict.fromkeys((a.method, "random")) for s in seeds]
     t0 = time.time()
-    print(f"{a.method} ({a.preset}, {a.obs}) on {a.task}: {len(seeds)} seeds x {a.frames} env frames; "
+    print(f"{a.method} ({a.preset}, {a.obs}) on {a.task}: {len(seeds)} seeds x {a.frames} env frames, and random; "
           f"MLflow store {tracking_uri()}", flush=True)
-    results: list[dict] = []
-    width = a.parallel or len(seeds)
-    pending = [f"{a.method}:{s}" for s in seeds]
-    running: list[tuple[str, subprocess.Popen]] = []
-    while pending or running:
-        while pending and len(running) < width:
-            job = pending.pop(0)
-            running.append((job, subprocess.Popen(base + ["--child", job], stdout=subprocess.PIPE, text=True)))
-            time.sleep(3)  # stagger MLflow run creation
-        job, proc = running.pop(0)
-        out, _ = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"{job} failed with exit code {proc.returncode}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-        r = results[-1]
-        print(f"  {a.method} seed {r['seed']}: " + ", ".join(f"{s}:{v:.0f}" for s, v in r["curve"])
-              + f"  ({r['wall_s'] / 60:.1f} min)", flush=True)
+    done = run_jobs(items, f"bench-learning-{a.method}-{a.task}-{a.obs}-{a.frames // 1000}k", a.parallel or len(seeds),
+                    work / "logs", echo=lambda line: print(line, flush=True))
+    rep = MlflowReporter()
+    results = []
+    for label, r in done.items():
+        if r.status not in ("FINISHED", "SKIPPED"):
+            raise SystemExit(f"{label} did not finish ({r.status}: {r.error}); run the same command to continue it")
+        method, seed = label.rsplit("-seed", 1)
+        results.append({"method": method, "seed": int(seed), "run_id": r.run_id, "wall_s": r.wall_s,
+                        "curve": curve(rep, r.run_id, a.task)})
     method_wall = time.time() - t0
-    for s in seeds:  # cheap: no learning
-        results.append(run_one("random", s, a))
     zero = {s: zero_action_return(a, s) for s in seeds}
     summarize(a, seeds, results, zero, method_wall, rep)
 

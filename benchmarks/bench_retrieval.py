@@ -90,9 +90,9 @@ def bench_dim(name: str, dim: int, n: int, repeats: int, index_type: str, thread
     for threads in threads_list:
         for thr in (20, 20_000, lib_default):
             cfg = RetrievalConfig(blas_threshold=thr, threads=threads)
-            q1 = timed(lambda: idx.search(queries[:1], 500, cfg=cfg), repeats)
-            q100 = timed(lambda: idx.search(queries, 500, cfg=cfg), max(2, repeats // 2))
-            f1 = timed(lambda: idx.search(queries[:1], 500, embodiment="walker", cfg=cfg), repeats)
+            q1 = timed(lambda cfg=cfg: idx.search(queries[:1], 500, cfg=cfg), repeats)
+            q100 = timed(lambda cfg=cfg: idx.search(queries, 500, cfg=cfg), max(2, repeats // 2))
+            f1 = timed(lambda cfg=cfg: idx.search(queries[:1], 500, embodiment="walker", cfg=cfg), repeats)
             row = base | dict(threads=threads, blas_threshold=thr, q1_ms=1e3 * q1[0], q1_best_ms=1e3 * q1[1],
                               q100_ms=1e3 * q100[0], q100_best_ms=1e3 * q100[1], q1_walker_ms=1e3 * f1[0])
             rows.append(row)

@@ -53,6 +53,7 @@ class ActionRecorder:
 
 def diagnose(ref: str, episodes: int) -> dict:
     import torch
+
     from harness import checkpoint
     from harness.config import RunConfig
     from harness.errors import HarnessError

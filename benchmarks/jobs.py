@@ -1,42 +1,28 @@
-"""Run benchmark jobs (``cli.py`` command lines) a few at a time, each with its own log file.
+"""The benchmarks' runs as sweep jobs (``harness/sweep.py``), and their shared data preparation.
 
 Used by the benchmarks that launch many single runs (``bench_gsa.py``, ``bench_ant.py``). Two cores here:
 keep ``parallel`` at 2 with one torch thread per run (anchors.md section 6: never oversubscribe).
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
-import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
+
+from harness.launch import RunOptions
 
 
-def run_parallel(jobs: Sequence[tuple[str, list[str]]], parallel: int, logs: Path,
-                 echo: Callable[[str], None] = print) -> dict[str, tuple[int, float]]:
-    """Run ``(label, command)`` jobs, ``parallel`` at once, in order; returns ``{label: (exit code, wall s)}``.
-
-    A failed job is reported with its log and does not stop the others.
-    """
-    logs.mkdir(parents=True, exist_ok=True)
-    pending = list(jobs)
-    running: list[tuple[str, subprocess.Popen, float]] = []
-    done: dict[str, tuple[int, float]] = {}
-    while pending or running:
-        while pending and len(running) < max(1, parallel):
-            label, cmd = pending.pop(0)
-            with open(logs / f"{label}.log", "w") as log:
-                running.append((label, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time()))
-            time.sleep(2)   # stagger MLflow run creation (sqlite)
-        time.sleep(5)
-        for item in list(running):
-            label, proc, start = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            done[label] = (proc.returncode, time.time() - start)
-            status = "ok" if proc.returncode == 0 else f"FAILED ({proc.returncode}), see {logs / (label + '.log')}"
-            echo(f"  {label}: {status} in {done[label][1] / 60:.1f} min")
-    return done
+def run_jobs(items: Sequence[tuple[str, RunOptions]], sweep: str, parallel: int, logs: Path,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``(label, run-stream options)`` through the sweep API (``harness/sweep.py``: idempotent, killed jobs
+    resumed, one MLflow writer), ``parallel`` at once with one thread each; returns ``{label: JobResult}``.
+    Run the benchmark again and its finished runs are skipped (their JobResult says SKIPPED, wall 0)."""
+    from harness.sweep import make_backend, make_jobs, run_sweep
+    jobs = make_jobs([(label, dataclasses.replace(o, threads=1)) for label, o in items], sweep)
+    report = run_sweep(jobs, sweep, make_backend("local", concurrency=max(1, parallel), cpus_per_job=1),
+                       log_dir=str(logs), echo=echo)
+    return {r.label: r for r in report.results}
 
 
 def prepare_pretrained(cli: list[str], work: Path, data_tasks: str, episodes: int, preset: str, steps: int,
@@ -80,16 +66,16 @@ def guidance_sets(frames_per_task: int, share: float | None = None, action_repea
             for suite, s in PAPER_GUIDANCE_SHARE.items()]
 
 
-def run_stream_command(cli: list[str], stream: list[str], method: str, seed: int | str, *, preset: str,
-                       sets: Sequence[str], pretrained: Path, runs_dir: Path, extra: Sequence[str] = ()) -> list[str]:
-    """One benchmark run: ``cli.py run-stream`` with proprio observations, fast rendering, no videos and one
-    torch thread; ``stream`` is the stream's name or ``["--stream-file", PATH]``. ``random`` takes no preset or
-    ``--set``; gsa and jsrl-bc get ``--pretrained``."""
-    cmd = cli + ["run-stream", *stream, "--method", method, "--seed", str(seed), "--obs", "proprio",
-                 "--render-quality", "fast", "--threads", "1", "--video-frames", "0", "--runs-dir", str(runs_dir),
-                 *extra]
+def run_stream_options(stream: str | Path, method: str, seed: int, *, preset: str, sets: Sequence[str],
+                       pretrained: Path | None, runs_dir: Path, obs: str = "proprio", **extra: Any) -> RunOptions:
+    """One benchmark run: ``run-stream`` with (by default) proprio observations, fast rendering, no videos;
+    ``stream`` is a stream's name or a stream file (``.toml``). ``random`` takes no preset or ``--set``; gsa and
+    jsrl-bc get ``--pretrained``."""
+    where = {"stream_file": str(stream)} if str(stream).endswith(".toml") else {"stream": str(stream)}
+    opts = RunOptions(**where, method=method, seed=int(seed), obs=obs, render_quality="fast", video_frames=0,
+                      runs_dir=str(runs_dir), **extra)
     if method != "random":
-        cmd += ["--preset", preset] + [x for o in sets for x in ("--set", o)]
+        opts = dataclasses.replace(opts, preset=preset, overrides=tuple(sets))
     if method.startswith(("gsa", "jsrl")):
-        cmd += ["--pretrained", str(pretrained)]
-    return cmd
+        opts = dataclasses.replace(opts, pretrained=str(pretrained))
+    return opts

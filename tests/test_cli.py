@@ -17,7 +17,7 @@ def cli(*args, cwd, env_extra=None, timeout=600):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run-stream", "nope"], "unknown stream 'nope'. Valid streams: ant, ant-short"),
+    (["run-stream", "nope"], "unknown stream 'nope'. Valid streams: ant, ant-mt, ant-short"),
     (["run-stream", "quick", "--method", "dremer"], "unknown method 'dremer'. Did you mean 'dreamer'? Valid methods: "),
     (["run-stream", "quick", "--frames-per-task", "-3"], "--frames-per-task must be a positive integer"),
     (["run-stream", "--resume", "0123abcd"], "no MLflow run '0123abcd'"),

@@ -1,0 +1,207 @@
+"""Sweeps on real engines with tiny budgets: a local Ray, submitit's local executor, a real MLflow server;
+a job killed mid-task is resumed, a sweep run again starts nothing, bad input is refused before anything."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+import cli
+from harness import checkpoint
+from harness.errors import HarnessError
+from harness.sweep import SweepSpec, expand, find_runs, load_sweep_file, make_backend, run_sweep, status, tracking_server
+
+RUN = {"preset": "debug", "obs": "proprio", "render_quality": "fast", "frames_per_task": 400, "eval_every": 400,
+       "eval_episodes": 1, "video_frames": 0, "checkpoint_every": 100}
+QUIET = dict(echo=lambda *_: None)
+
+
+def _parents(uri: str, sweep: str) -> list:
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.sweep = '{sweep}'")
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def _kill_when_mid_task(uri: str, sweep: str, task_index: int, stop: threading.Event, killed: list) -> None:
+    """SIGKILL the run-stream process of the first job seen training inside task ``task_index``."""
+    client = MlflowClient(uri)
+    while not stop.is_set() and not killed:
+        for r in _parents(uri, sweep):
+            if r.info.status != "RUNNING" or "checkpoint_dir" not in r.data.tags:
+                continue
+            try:
+                p = checkpoint.load(Path(r.data.tags["checkpoint_dir"]) / "checkpoint.pt")["progress"]
+            except Exception:
+                continue
+            if p["task_index"] == task_index and p["task_env_frames"] > 0:
+                pid = int(client.get_run(r.info.run_id).data.tags["heartbeat.pid"])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(r.info.run_id)
+                return
+        time.sleep(0.05)
+
+
+def test_ray_grid_survives_a_killed_job_and_reruns_start_nothing(mlflow_uri, tmp_path):
+    import ray
+    spec = SweepSpec(("quick",), ("random", "drqv2"), (0, 1), dict(RUN, frames_per_task=1200), name="ray-test")
+    jobs = expand(spec)
+    assert len(jobs) == 4 and len({j.key for j in jobs}) == 4
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        stop, killed = threading.Event(), []
+        killer = threading.Thread(target=_kill_when_mid_task, args=(mlflow_uri, "ray-test", 1, stop, killed))
+        killer.start()
+        try:
+            report = run_sweep(jobs, "ray-test", make_backend("ray", cpus_per_job=1), max_retries=2, **QUIET)
+        finally:
+            stop.set()
+            killer.join()
+        assert report.ok, report.results
+        again = run_sweep(jobs, "ray-test", make_backend("ray"), **QUIET)
+    finally:
+        ray.shutdown()
+    assert killed, "no job was caught mid-task"
+    parents = _parents(mlflow_uri, "ray-test")
+    assert len(parents) == 4 and all(r.info.status == "FINISHED" for r in parents)
+    victim = MlflowClient(mlflow_uri).get_run(killed[0])
+    assert any(k.startswith("resumed_at_env_frames.") for k in victim.data.tags)     # the same run, resumed
+    kids = MlflowClient(mlflow_uri).search_runs([victim.info.experiment_id],
+                                                 f"tags.mlflow.parentRunId = '{killed[0]}'")
+    assert sorted(k.data.tags["task_index"] for k in kids) == ["0", "1", "2"]   # task 0 was not redone
+    by_label = {r.label: r for r in report.results}
+    assert sum(r.attempts for r in by_label.values()) == 5                     # one retry, for the killed job
+    assert [r.status for r in again.results] == ["SKIPPED"] * 4
+    logs = MlflowClient(mlflow_uri).list_artifacts(killed[0], "logs")
+    assert len(logs) == 2                                                      # both attempts' stdout/stderr
+    st = status("ray-test")
+    assert st["states"] == {"FINISHED": 4} and st["methods"]["drqv2"] == {"FINISHED": 2}
+
+
+def test_submitit_local_executor_runs_the_grid(mlflow_uri, tmp_path):
+    spec = SweepSpec(("quick",), ("random",), (0, 1), RUN, name="slurm-test")
+    backend = make_backend("slurm", concurrency=2, slurm_cluster="local", slurm_folder=str(tmp_path / "submitit"))
+    report = run_sweep(expand(spec), "slurm-test", backend, **QUIET)
+    assert report.ok and [r.status for r in report.results] == ["FINISHED"] * 2
+    assert len(_parents(mlflow_uri, "slurm-test")) == 2
+
+
+def test_a_real_server_takes_four_jobs_starting_at_once(mlflow_uri, tmp_path):
+    spec = SweepSpec(("quick",), ("random",), (0, 1, 2, 3), RUN, name="server-test")
+    report = run_sweep(expand(spec), "server-test", make_backend("local", concurrency=4, cpus_per_job=1),
+                       max_retries=0, log_dir=str(tmp_path / "logs"), **QUIET)
+    assert report.ok, report.results
+    parents = _parents(mlflow_uri, "server-test")
+    assert len(parents) == 4 and len({r.info.run_id for r in parents}) == 4
+    assert sorted(r.data.tags["seed"] for r in parents) == ["0", "1", "2", "3"]
+    text = "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
+    assert "database is locked" not in text and "Traceback" not in text
+    exps = [e.name for e in MlflowClient(mlflow_uri).search_experiments()]
+    assert exps.count("stream/quick") == 1
+
+
+def test_tracking_server_serves_the_embedded_store(mlflow_uri, tmp_path):
+    with tracking_server(mlflow_uri, needed=True, **QUIET) as url:
+        assert url.startswith("http://127.0.0.1:")
+        client = MlflowClient(url)
+        exp = client.create_experiment("via-server")
+        client.create_run(exp)
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("via-server") is not None
+
+
+def test_dry_run_prints_the_commands_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = CliRunner().invoke(cli.main, ["sweep", "quick", "--methods", "random,drqv2", "--seeds", "0,1", "--preset",
+                                        "debug", "--obs", "proprio", "--backend", "ray", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("cli.py run-stream quick") == 4 and "--tag sweep=" in out.output
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["quick", "--methods", "random", "--backend", "kubernetes"], "unknown backend 'kubernetes'; valid: local, ray, slurm"),
+    (["nowhere", "--methods", "random"], "nowhere"),
+    (["quick", "--methods", "random,nosuch"], "nosuch"),
+    (["quick", "--methods", "random", "--set", "batch_size=-1", "--preset", "debug"], "batch_size"),
+    (["quick", "--methods", "random", "--seeds", "a,b"], "--seeds expects comma-separated integers"),
+])
+def test_bad_input_is_refused_before_anything_exists(mlflow_uri, tmp_path, args, message):
+    out = CliRunner().invoke(cli.main, ["sweep", *args])
+    assert out.exit_code != 0 and message in out.output and "Traceback" not in out.output, out.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweeps").exists()
+
+
+def test_a_ray_address_that_does_not_answer_is_a_clear_error_within_seconds(mlflow_uri, tmp_path):
+    t0 = time.monotonic()
+    out = CliRunner().invoke(cli.main, ["sweep", "quick", "--methods", "random", "--backend", "ray",
+                                        "--ray-address", f"127.0.0.1:{_free_port()}"])
+    assert out.exit_code != 0 and "does not answer" in out.output and "Traceback" not in out.output, out.output
+    assert time.monotonic() - t0 < 10
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_files_are_data_with_errors_on_their_lines(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('name = "g"\nstreams = ["quick"]\nmethods = ["random", "drqv2"]\nseeds = [0, 1]\n'
+                    '[run]\npreset = "debug"\nobs = "proprio"\nframes-per-task = 400\n'
+                    '[method.drqv2]\nset = ["batch_size=8"]\n[launch]\nbackend = "local"\nconcurrency = 2\n')
+    spec, launch = load_sweep_file(good)
+    assert spec.name == "g" and spec.seeds == (0, 1) and launch == {"backend": "local", "concurrency": 2}
+    jobs = expand(spec)
+    drq = [j for j in jobs if j.options.method == "drqv2"][0]
+    assert drq.options.overrides == ("batch_size=8",) and drq.options.frames_per_task == 400
+    bad = tmp_path / "bad.toml"
+    bad.write_text('streams = ["quick"]\nmethods = ["random"]\nseeds = [0]\nbackend = "ray"\n')
+    with pytest.raises(HarnessError, match=r"bad.toml:4: unknown field 'backend'"):
+        load_sweep_file(bad)
+    bad.write_text('streams = ["quick"]\nmethods = ["random"]\nseeds = [0]\n[run]\nframes = 3\n')
+    with pytest.raises(HarnessError, match=r"bad.toml:5: .*unknown run-stream option 'frames'"):
+        load_sweep_file(bad)
+    bad.write_text('streams = ["quick"]\nmethods = ["random"]\nseeds = ["zero"]\n')
+    with pytest.raises(HarnessError, match=r"bad.toml:3: 'seeds' must be a non-empty list of ints"):
+        load_sweep_file(bad)
+
+
+def test_find_runs_ignores_other_sweeps(mlflow_uri):
+    client = MlflowClient(mlflow_uri)
+    assert find_runs(client, "none-yet") == {}
+
+
+def test_tracking_server_command_serves_runs(mlflow_uri, tmp_path):
+    import subprocess
+    import sys
+    import urllib.request
+    port = _free_port()
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "cli.py"), "tracking-server", "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.5)
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        client.create_run(client.create_experiment("served"))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert len(MlflowClient(mlflow_uri).search_runs(
+        [MlflowClient(mlflow_uri).get_experiment_by_name("served").experiment_id])) == 1

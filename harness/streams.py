@@ -420,9 +420,10 @@ def make_envs(stream: str | StreamSpec, obs_type: str = "pixels", **env_kwargs: 
     (``action_pad_dim`` / ``proprio_pad_dim``: the largest in the stream unless given; ``info["action_mask"]``
     marks each task's own dims). Other keyword arguments are :class:`tasks.base.EnvConfig`'s and
     ``render_mode``."""
+    import gymnasium
+
     from tasks.catalog import TASKS
     from tasks.gym import env_id, register_envs
-    import gymnasium
     spec = (get_stream(stream) if isinstance(stream, str) else stream).validate()
     register_envs()
     infos = [TASKS.get(t.name) for t in spec.tasks]

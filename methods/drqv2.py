@@ -19,31 +19,58 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.errors import HarnessError, NonFiniteLossError
 from harness.replay import EpisodeReplay
 from methods.backbone.nets import ConvEncoder
-from methods.base import MethodContext, MethodSpec, Step, TaskContext
+from methods.base import (
+    MAX_BATCH,
+    MAX_CHANNELS,
+    MAX_COUNT,
+    MAX_LENGTH,
+    MAX_PARAMS,
+    MAX_WIDTH,
+    MethodContext,
+    MethodSpec,
+    Step,
+    TaskContext,
+    ranged,
+)
 
 
 @dataclass(frozen=True)
 class DrQV2Config:
-    batch_size: int = 256            # DrQ-v2: batch 256
-    nstep: int = 3                   # DrQ-v2: n-step 3
-    discount: float = 0.99           # DrQ-v2: 0.99
-    lr: float = 1e-4                 # DrQ-v2: 1e-4 (actor, critic and encoder)
-    feature_dim: int = 50            # DrQ-v2: trunk feature dim 50
-    hidden_dim: int = 1024           # DrQ-v2: hidden 1024
-    critic_tau: float = 0.01         # DrQ-v2: target critic EMA 0.01
-    update_every_steps: int = 2      # DrQ-v2: one update every 2 agent steps
-    seed_frames: int = 4000          # DrQ-v2: 4000 frames of uniform random actions (per task here)
-    std_init: float = 1.0            # DrQ-v2 medium tasks: linear(1.0, 0.1, 500k frames)
-    std_final: float = 0.1
-    std_duration_frames: int = 500_000
-    std_clip: float = 0.3            # DrQ-v2: stddev clip 0.3 for target and actor actions
-    frame_stack: int = 3             # DrQ-v2: 3 stacked frames (pixels only; a state vector is Markov)
-    aug_pad: int = 4                 # DrQ-v2: random shift by up to 4 pixels (replicate padding)
-    encoder_depth: int = 32          # DrQ-v2 uses 32 channels; the shared ConvEncoder doubles per stage
-    encoder_stages: int = 4          # shared ConvEncoder: 64x64 -> 4x4 (DrQ-v2's own: 84x84 -> 35x35)
-    encoder_kernel: int = 4          # shared ConvEncoder kernel (DrQ-v2's own: 3x3)
+    batch_size: int = ranged(256, ge=1, le=MAX_BATCH)  # DrQ-v2: batch 256
+    nstep: int = ranged(3, ge=1, le=MAX_LENGTH)  # DrQ-v2: n-step 3
+    discount: float = ranged(0.99, ge=0, le=1)  # DrQ-v2: 0.99
+    lr: float = ranged(1e-4, gt=0)  # DrQ-v2: 1e-4 (actor, critic and encoder)
+    feature_dim: int = ranged(50, ge=1, le=MAX_WIDTH)  # DrQ-v2: trunk feature dim 50
+    hidden_dim: int = ranged(1024, ge=1, le=MAX_WIDTH)  # DrQ-v2: hidden 1024
+    critic_tau: float = ranged(0.01, ge=0, le=1)  # DrQ-v2: target critic EMA 0.01
+    update_every_steps: int = ranged(2, ge=1, le=MAX_COUNT)  # DrQ-v2: one update every 2 agent steps
+    seed_frames: int = ranged(4000, ge=0, le=MAX_COUNT)  # DrQ-v2: 4000 frames of uniform random actions (per task here)
+    std_init: float = ranged(1.0, ge=0)  # DrQ-v2 medium tasks: linear(1.0, 0.1, 500k frames)
+    std_final: float = ranged(0.1, ge=0)
+    std_duration_frames: int = ranged(500_000, ge=0, le=MAX_COUNT)
+    std_clip: float = ranged(0.3, ge=0)  # DrQ-v2: stddev clip 0.3 for target and actor actions
+    frame_stack: int = ranged(3, ge=1, le=64)  # DrQ-v2: 3 stacked frames (pixels only; a state vector is Markov)
+    aug_pad: int = ranged(4, ge=0, le=32)  # DrQ-v2: random shift by up to 4 pixels (replicate padding)
+    # DrQ-v2 uses 32 channels; the shared ConvEncoder doubles per stage
+    encoder_depth: int = ranged(32, ge=1, le=MAX_CHANNELS)
+    encoder_stages: int = ranged(4, ge=1, le=6)  # shared ConvEncoder: 64x64 -> 4x4 (DrQ-v2's own: 84x84 -> 35x35)
+    encoder_kernel: int = ranged(4, ge=2, le=16)  # shared ConvEncoder kernel, even (DrQ-v2's own: 3x3)
+
+    def approx_params(self) -> float:
+        """A rough parameter count at 64-px pixels: conv encoder, actor and twin-critic trunks and MLPs."""
+        conv_out = self.encoder_depth * 2 ** (self.encoder_stages - 1) * (64 // 2 ** self.encoder_stages) ** 2
+        f, h = self.feature_dim, self.hidden_dim
+        return 2 * conv_out * f + 3 * (f * h + h * h)
+
+    def validate(self) -> None:
+        if self.encoder_kernel % 2:
+            raise HarnessError(f"encoder_kernel={self.encoder_kernel} must be even (stride-2 convs halve the image)")
+        if self.approx_params() > MAX_PARAMS:
+            raise HarnessError(f"the networks would have ~{self.approx_params():.3g} parameters, more than "
+                               f"{MAX_PARAMS:.0e} fit in memory; lower hidden_dim, feature_dim or encoder_depth")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -134,6 +161,12 @@ def sample_action(mu: torch.Tensor, std: float, clip: float | None, mask: torch.
     return (x - x.detach() + x.clamp(-1 + eps, 1 - eps).detach()) * mask
 
 
+def _check_finite(name: str, loss: torch.Tensor) -> None:
+    """Stop before a non-finite loss reaches the weights (one device sync)."""
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteLossError(f"non-finite {name}={float(loss.detach())}")
+
+
 def adam(params: Any, lr: float) -> torch.optim.Adam | None:
     params = [p for p in params if p.requires_grad]
     return torch.optim.Adam(params, lr=lr) if params else None
@@ -215,21 +248,41 @@ class DrQV2:
             self.task_agent_steps += 1
 
     # ------------------------------------------------------------------ learning
-    def _sample(self) -> dict[str, torch.Tensor]:
-        """n-step transitions with frame stacks, from windows of the episode replay."""
-        c, n, k = self.cfg, self.cfg.nstep, self.cfg.frame_stack if self.pixels else 1
-        length, cur = k + n, k - 1
+    @property
+    def window(self) -> tuple[int, int]:
+        """(length, cur): a transition is read from ``length`` consecutive replay steps, its action at ``cur``
+        (frame_stack - 1 earlier steps fill the frame stack, nstep later ones the n-step return)."""
+        k = self.cfg.frame_stack if self.pixels else 1
+        return k + self.cfg.nstep, k - 1
+
+    def valid_windows(self, w: dict[str, np.ndarray]) -> np.ndarray:
+        """(B,) bool: the action at ``cur`` is real, and no new episode starts within the n steps after it."""
+        _, cur = self.window
+        return ~w["is_last"][:, cur] & ~w["is_first"][:, cur + 1:].any(1)
+
+    def _sample(self, batch_size: int | None = None, replay: EpisodeReplay | None = None) -> dict[str, torch.Tensor]:
+        """``batch_size`` (default: the config's) n-step transitions with frame stacks, from windows of
+        ``replay`` (default: the current task's)."""
+        b = self.cfg.batch_size if batch_size is None else batch_size
+        replay = self.replay if replay is None else replay
+        length, _ = self.window
         rows: list[dict[str, np.ndarray]] = []
         got = 0
-        while got < c.batch_size:
-            w = self.replay.sample(2 * c.batch_size, length, self.rng)
-            # valid: the action at `cur` is real, and no new episode starts within the n steps after it
-            ok = ~w["is_last"][:, cur] & ~w["is_first"][:, cur + 1:].any(1)
+        while got < b:
+            w = replay.sample(2 * b, length, self.rng)
+            ok = self.valid_windows(w)
             w = {key: v[ok] for key, v in w.items()}
             rows.append(w)
             got += int(ok.sum())
-        w = {key: np.concatenate([r[key] for r in rows])[: c.batch_size] for key in rows[0]}
-        b = c.batch_size
+        w = {key: np.concatenate([r[key] for r in rows])[:b] for key in rows[0]}
+        return {key: torch.as_tensor(v, device=self.device) for key, v in self.transitions(w).items()}
+
+    def transitions(self, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The n-step transitions of valid replay windows (B, length, ...): action, n-step reward, discount,
+        and the observation (frame-stacked pixels) at ``cur`` and n steps later."""
+        c, n, k = self.cfg, self.cfg.nstep, self.cfg.frame_stack if self.pixels else 1
+        length, cur = self.window
+        b = len(w["action"])
         disc = c.discount ** np.arange(n, dtype=np.float32)
         reward = (w["reward"][:, cur + 1:] * disc).sum(1).astype(np.float32)
         discount = (c.discount ** n) * (1.0 - w["is_terminal"][:, cur + n].astype(np.float32))
@@ -247,14 +300,17 @@ class DrQV2:
             _, _, ch, h, wd = px.shape
             out["pixels"] = px[rows_i, idx_now].reshape(b, k * ch, h, wd)
             out["next_pixels"] = px[rows_i, idx_next].reshape(b, k * ch, h, wd)
-        return {key: torch.as_tensor(v, device=self.device) for key, v in out.items()}
+        return out
 
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
         return random_shift(x.float(), self.cfg.aug_pad, self.torch_gen)
 
-    def _update(self) -> dict[str, float]:
+    def critic_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The clipped double-Q n-step TD loss on ``batch``; returns it, the encoder features (with their
+        graph: the encoder learns from this loss) and the mean Q and target. Rows use ``batch["mask"]``
+        (B, A) as their action masks when the batch has one (rows of several tasks), else the task's."""
         c = self.cfg
-        batch = self._sample()
+        mask = batch.get("mask", self.mask)
         obs = {"proprio": batch["proprio"]} if "proprio" in batch else {}
         nxt = {"proprio": batch["next_proprio"]} if "next_proprio" in batch else {}
         if self.pixels:
@@ -262,33 +318,56 @@ class DrQV2:
         h = self.encoder(obs)
         with torch.no_grad():
             h_next = self.encoder(nxt)
-            next_action = sample_action(self.actor(h_next), self._std(), c.std_clip, self.mask)
+            next_action = sample_action(self.actor(h_next), self._std(), c.std_clip, mask)
             tq1, tq2 = self.critic_target(h_next, next_action)
             target = batch["reward"] + batch["discount"] * torch.min(tq1, tq2)
         q1, q2 = self.critic(h, batch["action"])
-        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        return loss, h, {"critic/q": q1.mean().detach(), "critic/target": target.mean()}
+
+    def actor_loss(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """DDPG's actor loss on (detached) encoder features: -min(Q1, Q2) of a sampled action."""
+        action = sample_action(self.actor(h), self._std(), self.cfg.std_clip, mask)
+        aq1, aq2 = self.critic(h, action)
+        return -torch.min(aq1, aq2).mean()
+
+    def _before_step(self, which: str) -> None:
+        """Called after the backward pass of the ``"critic"`` loss (critic and encoder gradients) and of the
+        ``"actor"`` loss, before the optimizers step: where continual-learning wrappers (methods/cl) change
+        the gradients. Nothing here."""
+
+    def _update(self) -> dict[str, float]:
+        return self.update_on(self._sample())
+
+    def update_on(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One critic (and encoder) update, one actor update and the target EMA on ``batch``."""
+        c = self.cfg
+        critic_loss, h, stats = self.critic_loss(batch)
+        _check_finite("critic/loss", critic_loss)
         for opt in (self.encoder_opt, self.critic_opt):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
         critic_loss.backward()
+        self._before_step("critic")
         self.critic_opt.step()
         if self.encoder_opt is not None:
             self.encoder_opt.step()
 
-        h_actor = h.detach()  # DrQ-v2: the encoder learns from the critic only
-        action = sample_action(self.actor(h_actor), self._std(), c.std_clip, self.mask)
-        aq1, aq2 = self.critic(h_actor, action)
-        actor_loss = -torch.min(aq1, aq2).mean()
+        # DrQ-v2: the encoder learns from the critic only
+        actor_loss = self.actor_loss(h.detach(), batch.get("mask", self.mask))
+        _check_finite("actor/loss", actor_loss)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
+        self._before_step("actor")
         self.actor_opt.step()
 
         with torch.no_grad():
             for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
                 tp.lerp_(p, c.critic_tau)
         self.grad_updates += 1
-        return {"critic/loss": critic_loss.item(), "actor/loss": actor_loss.item(), "critic/q": q1.mean().item(),
-                "critic/target": target.mean().item(), "actor/std": self._std()}
+        values = torch.stack([critic_loss.detach(), actor_loss.detach(), stats["critic/q"],
+                              stats["critic/target"]]).tolist()   # one device sync for the metrics
+        return dict(zip(("critic/loss", "actor/loss", "critic/q", "critic/target"), values)) | {"actor/std": self._std()}
 
     def update(self, env_frames: int) -> dict[str, float]:
         c = self.cfg
@@ -305,7 +384,8 @@ class DrQV2:
     def state_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder.state_dict(), "actor": self.actor.state_dict(),
                 "critic": self.critic.state_dict(), "critic_target": self.critic_target.state_dict(),
-                "encoder_opt": self.encoder_opt.state_dict() if self.encoder_opt else {}, "actor_opt": self.actor_opt.state_dict(),
+                "encoder_opt": self.encoder_opt.state_dict() if self.encoder_opt else {},
+                "actor_opt": self.actor_opt.state_dict(),
                 "critic_opt": self.critic_opt.state_dict(), "replay": self.replay.state_dict(),
                 "replay_dir": str(self.replay.directory.name) if self.replay.directory else "",
                 "rng": self.rng.bit_generator.state, "torch_gen": self.torch_gen.get_state(),

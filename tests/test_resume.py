@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from offline_data import collected, pretrain_debug
 
 import harness.runner as runner
 from harness import checkpoint
@@ -14,7 +15,6 @@ from harness.lifecycle import RunLock
 from harness.reporting import MlflowReporter
 from harness.runner import resume_config, run_stream
 from harness.streams import EvalSpec, StreamSpec, TaskSpec
-from offline_data import collected, pretrain_debug
 from tasks.base import EnvConfig
 
 QUIET = dict(echo=lambda *_: None)

@@ -44,8 +44,10 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
 def main(plugin: tuple[str, ...]) -> None:
     """Continual-RL benchmark harness around GSA (generalist-to-specialist adaptation)."""
     from harness.lifecycle import handle_sigterm
+    from harness.provenance import keep_freed_memory
     from harness.streams import load_plugins
     handle_sigterm()   # a scheduler's SIGTERM ends the run KILLED with its resume hint, not RUNNING forever
+    keep_freed_memory()   # fewer page faults per update (harness/provenance.py)
     load_plugins(plugin)
 
 
@@ -169,11 +171,15 @@ def _parse_overrides(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--offline-data", default=None, type=click.Path(), metavar="DIR",
               help="GSA methods: the offline dataset (default: the one the model was pre-trained on).")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="An extra MLflow tag on the run.")
+@click.option("--ft-reference", default=None, metavar="METHOD",
+              help="Forward transfer against single-task runs of METHOD (Continual World: the base learner, "
+                   "e.g. drqv2), not of the run's own method.")
 def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str | None, overrides: tuple[str, ...],
                    stream_file: str | None, frames_per_task: int | None, eval_every: int | None,
                    eval_episodes: int | None, obs_type: str, render_quality: str, action_repeat: int,
                    device: str, threads: int, checkpoint_every: int, video_frames: int, runs_dir: str,
-                   resume: str | None, pretrained: str | None, offline_data: str | None, tags: tuple[str, ...]) -> None:
+                   resume: str | None, pretrained: str | None, offline_data: str | None, tags: tuple[str, ...],
+                   ft_reference: str | None) -> None:
     """Train a method on each task of STREAM in order, evaluating on all tasks; report to MLflow."""
     from harness.launch import RunOptions
 
@@ -196,7 +202,7 @@ def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str 
                      eval_episodes=eval_episodes, obs=obs_type, render_quality=render_quality,
                      action_repeat=action_repeat, device=device, threads=threads, checkpoint_every=checkpoint_every,
                      video_frames=video_frames, runs_dir=runs_dir, pretrained=pretrained, offline_data=offline_data,
-                     tags=tags).to_config()
+                     tags=tags, ft_reference=ft_reference).to_config()
     from harness.runner import run_stream
     run_stream(cfg, echo=click.echo)
 
@@ -323,6 +329,8 @@ def _int_list(value: str | None, what: str) -> tuple[int, ...]:
 @click.option("--video-frames", type=int, default=None)
 @click.option("--runs-dir", default=None)
 @click.option("--pretrained", default=None, type=click.Path(), help="For the GSA methods of the grid.")
+@click.option("--ft-reference", default=None, metavar="METHOD",
+              help="Forward transfer against single-task runs of METHOD (see run-stream --help).")
 @click.option("--backend", default=None, help="local (default), ray or slurm.")
 @click.option("--concurrency", type=int, default=None, help="Jobs at once (local, slurm array); default: the cores.")
 @click.option("--cpus-per-job", type=int, default=None, help="Cores (and torch/OMP threads) per job.")
@@ -337,7 +345,8 @@ def sweep_run(streams: str | None, sweep_file: str | None, methods: str | None, 
               preset: str | None, overrides: tuple[str, ...], frames_per_task: int | None, eval_every: int | None,
               eval_episodes: int | None, obs_type: str | None, render_quality: str | None, action_repeat: int | None,
               device: str | None, checkpoint_every: int | None, video_frames: int | None, runs_dir: str | None,
-              pretrained: str | None, backend: str | None, concurrency: int | None, cpus_per_job: int | None,
+              pretrained: str | None, ft_reference: str | None, backend: str | None, concurrency: int | None,
+              cpus_per_job: int | None,
               gpus_per_job: float | None, max_retries: int | None, ray_address: str | None,
               slurm_partition: str | None, slurm_timeout_min: int | None, slurm_folder: str | None,
               dry_run: bool) -> None:
@@ -363,7 +372,7 @@ def sweep_run(streams: str | None, sweep_file: str | None, methods: str | None, 
     for key, value in (("preset", preset), ("frames_per_task", frames_per_task), ("eval_every", eval_every),
                        ("eval_episodes", eval_episodes), ("obs", obs_type), ("render_quality", render_quality),
                        ("action_repeat", action_repeat), ("device", device), ("checkpoint_every", checkpoint_every),
-                       ("video_frames", video_frames), ("runs_dir", runs_dir)):
+                       ("video_frames", video_frames), ("runs_dir", runs_dir), ("ft_reference", ft_reference)):
         if value is not None:
             run[key] = value
     for o in overrides:
@@ -471,7 +480,13 @@ def tracking_server_cmd(backend_store_uri: str | None, artifact_root: str | None
 @click.option("--seeds", default=None, help="Comma-separated seeds (default: all).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: comparisons/<stream>-<time>).")
 @click.option("--sweep", "sweep_id", default=None, help="Only the runs of this sweep (see `sweep status`).")
-def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: str | None, sweep_id: str | None) -> None:
+@click.option("--reference", default=None, metavar="NAME|FILE|auto",
+              help="Show reference results beside the runs: a shipped reference (benchmarks/results/reference/), "
+                   "a reference file, or auto (the shipped one made with the same stream and settings).")
+@click.option("--save-reference", type=click.Path(dir_okay=False), default=None,
+              help="Write the compared runs as a reference file (curves, scores, R matrices, configs, commit).")
+def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: str | None, sweep_id: str | None,
+                reference: str | None, save_reference: str | None) -> None:
     """Compare methods on STREAM from the runs in MLflow: table, curves, R matrices (also logged to MLflow)."""
     from harness.compare import compare
     from harness.reporting import ui_command
@@ -480,7 +495,7 @@ def compare_cmd(stream: str, methods: str | None, seeds: str | None, out_dir: st
     except ValueError:
         raise HarnessError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
     comp = compare(stream, [m.strip() for m in methods.split(",")] if methods else None, seed_list, out_dir,
-                   sweep=sweep_id)
+                   sweep=sweep_id, reference=reference, save_reference=save_reference)
     click.echo(comp.markdown())
     for e in comp.excluded:
         click.echo(f"excluded: {e}")
@@ -555,10 +570,13 @@ def _csv(value: str | None, kind: type, what: str) -> tuple:
 
 @main.command("collect")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--tasks", "tasks_", required=True, help="Comma-separated task names (see `tasks list`).")
+@click.option("--tasks", "tasks_", required=True,
+              help="Comma-separated task names (see `tasks list`), stream:NAME (a stream's tasks) or suite:NAME "
+                   "(suite:metaworld: all 50 Meta-World tasks).")
 @click.option("--episodes", default=10, show_default=True, type=int, help="Episodes per (task, policy, noise).")
-@click.option("--policies", default=None, help="expert, random, ou, disagreement (default: expert for Meta-World, "
-                                               "random,ou for DMC).")
+@click.option("--policies", default=None, help="expert, random, ou, icm, disagreement (default: expert for "
+                                               "Meta-World, random,ou for DMC). icm: URLB's curiosity agent, learning "
+                                               "over all --episodes, each stored.")
 @click.option("--noise", default=None, help="Noise sigmas for expert/ou (default expert: 0.1,0.3,0.5,1.0,2.0 "
                                             "as in the paper; ou: 0.3,0.6,1.0).")
 @click.option("--obs", "obs_type", type=click.Choice(["pixels", "proprio", "both"]), default="pixels", show_default=True)
@@ -573,19 +591,23 @@ def _csv(value: str | None, kind: type, what: str) -> tuple:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--append", is_flag=True, help="Add episodes to an existing dataset (same schema).")
 @click.option("--explorer-preset", type=click.Choice(["tiny", "debug"]), default="tiny", show_default=True,
-              help="Size of the disagreement explorer's networks.")
+              help="Size of the icm and disagreement explorers' networks.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Settings (task x policy x noise) collected in parallel processes, one thread each; the "
+                   "dataset is the same for any number.")
 def collect_cmd(out: str, tasks_: str, episodes: int, policies: str | None, noise: str | None, obs_type: str,
                 render_quality: str, action_repeat: int, episode_frames: int | None, action_pad_dim: int | None,
                 proprio_pad_dim: int | None, shard_steps: int, compression: str, seed: int, append: bool,
-                explorer_preset: str) -> None:
+                explorer_preset: str, workers: int) -> None:
     """Collect reward-free offline data into dataset directory OUT (shards + manifest); describe it in MLflow."""
-    from harness.collect import CollectConfig, collect, plan
+    from harness.collect import CollectConfig, collect, expand_tasks, plan
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering on the CPU
-    cfg = CollectConfig(tasks=_csv(tasks_, str, "--tasks"), episodes=episodes, policies=_csv(policies, str, "--policies"),
+    cfg = CollectConfig(tasks=expand_tasks(_csv(tasks_, str, "--tasks")), episodes=episodes,
+                        policies=_csv(policies, str, "--policies"),
                         noise=_csv(noise, float, "--noise"), obs_type=obs_type, render_quality=render_quality,
                         action_repeat=action_repeat, episode_frames=episode_frames, action_pad_dim=action_pad_dim,
                         proprio_pad_dim=proprio_pad_dim, shard_steps=shard_steps, compression=compression, seed=seed,
-                        append=append, explorer_preset=explorer_preset).validate()
+                        append=append, explorer_preset=explorer_preset, workers=workers).validate()
     settings = plan(cfg)
     click.echo(f"{len(settings)} settings x {episodes} episodes: " +
                ", ".join(f"{s.task}/{s.label}" for s in settings[:12]) + (" ..." if len(settings) > 12 else ""))

@@ -41,7 +41,9 @@ from benchmarks.jobs import guidance_sets, prepare_pretrained, run_jobs, run_str
 # Each learner's own name for "frames of the warm-up policy per task" (the config fields, with their prefix).
 WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
                  "gsa": ["agent.warmup_env_frames", "agent.warmup_min_episodes=1"],
-                 "drqv2": ["seed_frames"], "packnet": ["base_config.seed_frames"]}
+                 "drqv2": ["seed_frames"], "packnet": ["base_config.seed_frames"],
+                 **{m: ["base_config.seed_frames"] for m in ("finetune", "l2", "ewc", "mas", "agem", "replay",
+                                                             "multitask")}}
 
 
 def method_sets(method: str, warmup_frames: int | None, extra: list[str], guidance: Sequence[str] = ()) -> list[str]:

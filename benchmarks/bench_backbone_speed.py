@@ -145,6 +145,42 @@ def time_run(preset: str, obs: str, warmup_frames: int, train_frames: int, threa
             "train_phase_fps_last_log": fps_hist[-1].value if fps_hist else None}
 
 
+def fault_probe(preset: str, obs: str, n: int) -> dict:
+    """Minor page faults and seconds per update in this process (malloc as the environment left it)."""
+    import resource
+
+    import numpy as np
+
+    from harness.provenance import keep_freed_memory
+    tuned = keep_freed_memory()
+    method, _ = build(preset, obs)
+    fill(method, obs, length=max(250, method.cfg.seq_len + 1))
+    method.train_step()
+    method.train_step()
+    r0, times = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        method.train_step()
+        times.append(time.perf_counter() - t0)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"malloc_tuned": tuned, "minor_faults_per_update": (r1.ru_minflt - r0) / n,
+            "s_per_update": float(np.median(times)), "max_rss_mb": r1.ru_maxrss / 1024}
+
+
+def malloc_table(presets: list[str], obs_types: list[str], n: int, threads: int) -> list[dict]:
+    """Each cell in two fresh processes, GSA_MALLOC_TUNING=0 and 1 (harness.provenance.keep_freed_memory)."""
+    import subprocess
+    rows = []
+    for preset in presets:
+        for obs in obs_types:
+            for tuning in ("0", "1"):
+                env = os.environ | {"GSA_MALLOC_TUNING": tuning, "OMP_NUM_THREADS": str(threads)}
+                out = subprocess.run([sys.executable, __file__, "--fault-probe", f"{preset},{obs},{n}",
+                                      "--threads", str(threads)], env=env, capture_output=True, text=True, check=True)
+                rows.append({"preset": preset, "obs": obs} | json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
 def count() -> list[tuple[str, float, float]]:
     import torch
 
@@ -175,10 +211,30 @@ def main() -> None:
     ap.add_argument("--run-train-frames", type=int, default=400, help="training frames of each whole-run timing")
     ap.add_argument("--run-warmup-frames", type=int, default=1000)
     ap.add_argument("--skip-runs", action="store_true")
+    ap.add_argument("--malloc", action="store_true",
+                    help="page faults and s/update with and without keeping freed memory in the heap")
+    ap.add_argument("--fault-probe", default=None, help=argparse.SUPPRESS)   # PRESET,OBS,N: one --malloc cell
     a = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
     torch.set_num_threads(a.threads)
+    if a.fault_probe:
+        preset, obs, n = a.fault_probe.split(",")
+        print(json.dumps(fault_probe(preset, obs, int(n))))
+        return
+    if a.malloc:
+        table = malloc_table(a.presets.split(","), a.obs.split(","), a.updates, a.threads)
+        lines = [f"Keeping freed memory in the heap (harness.provenance.keep_freed_memory), {a.threads} thread(s), "
+                 f"median of {a.updates} updates, load average at start {os.getloadavg()[0]:.1f}:", "",
+                 "| preset | obs | malloc tuned | minor page faults / update | s / update | max RSS (MB) |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {r['preset']} | {r['obs']} | {r['malloc_tuned']} | {r['minor_faults_per_update']:,.0f} | "
+                  f"{r['s_per_update']:.3f} | {r['max_rss_mb']:,.0f} |" for r in table]
+        print("\n".join(lines))
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "backbone_speed_malloc.md").write_text("\n".join(lines) + "\n")
+        (OUT / "backbone_speed_malloc.json").write_text(json.dumps(table, indent=1))
+        return
     rows = count()
     print("parameters (world model for 64x64 pixels, 21-d padded actions; actor + critic):")
     for name, wm, ac in rows:

@@ -13,7 +13,8 @@ From the bottom up (a module imports only from its own layer or the layers below
 5. methods -- ``methods/`` (the registry in ``methods/__init__``, ``methods.backbone``,
    ``methods.gsa``, ``methods.cl``, one module per method).
 6. the drive -- ``harness.runner``, ``harness.evaluation``, ``harness.collect``, ``harness.pretraining``,
-   ``harness.pipeline``, ``harness.compare``, ``harness.launch`` (a run-stream command as data),
+   ``harness.pipeline``, ``harness.compare``, ``harness.references`` (shipped reference results),
+   ``harness.launch`` (a run-stream command as data),
    ``harness.sweep`` (grids of runs on local, Ray and Slurm backends): they build methods and tasks, run
    them and report;
    ``harness.registry_models`` (pre-trained models in the MLflow model registry) and ``harness.doctor``

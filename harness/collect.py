@@ -9,6 +9,10 @@ Source policies (the data's quality mix; recorded per episode as metadata, never
 - ``ou`` (any suite): temporally correlated noise, a discretised Ornstein-Uhlenbeck process
   ``x <- x - theta * x + sigma * sqrt(2 theta - theta^2) * eps`` whose stationary std is sigma, clipped to
   [-1, 1]: smooth, exploratory motions that reach farther than white noise.
+- ``icm`` (any suite): URLB's ICM agent (``methods.gsa.curiosity``): DDPG (DrQ-v2's learner on the state
+  vector) trained on the curiosity reward log(1 + ||s' - f(s, a)||) alone, from its first (uniform) seed
+  frames on; every episode of its training is stored, so the data are mixed in quality by construction. The
+  paper's kind of DMC data source (URLB, its ref. [28]). About 150 env frames/s with the tiny preset here.
 - ``disagreement`` (any suite): an intrinsic-motivation explorer (``methods.gsa.explorer``): a backbone
   world model learns online and an actor-critic maximises the disagreement of an ensemble of predictors,
   in the spirit of the unsupervised RL agents the paper's DMC data came from. It keeps learning across the
@@ -38,7 +42,8 @@ from harness.errors import HarnessError, check_int
 from harness.lifecycle import guarded
 from harness.offline import COMPRESSIONS, MANIFEST_FILE, DatasetWriter, _read_manifest, image_grid, open_dataset
 
-POLICIES = ("expert", "random", "ou", "disagreement")
+POLICIES = ("expert", "random", "ou", "icm", "disagreement")
+LEARNING_POLICIES = ("icm", "disagreement")   # explorers that learn as they collect; they read the state
 PAPER_NOISE = (0.1, 0.3, 0.5, 1.0, 2.0)   # GSA Sec. 4: Gaussian noise injected into the expert agents
 OU_NOISE = (0.3, 0.6, 1.0)                 # ours: stationary std of the OU actions (no paper value)
 METAWORLD_STATE_DIM = 39                   # the scripted experts read Meta-World's 39-d state
@@ -51,7 +56,7 @@ class CollectConfig:
     policies: tuple[str, ...] = ()         # () = per suite: Meta-World expert; DMC random and ou
     noise: tuple[float, ...] = ()          # () = per policy: expert PAPER_NOISE, ou OU_NOISE; random has none
     ou_theta: float = 0.15                 # OU mean reversion per agent step (the classic DDPG value)
-    explorer_preset: str = "tiny"          # disagreement explorer size: tiny (CPU) or debug (tests)
+    explorer_preset: str = "tiny"          # icm and disagreement explorers: tiny (CPU) or debug (tests)
     obs_type: str = "pixels"               # stored observations: pixels (the paper), proprio or both
     render_quality: str = "paper"          # paper | fast (tasks/render.py)
     action_repeat: int = 2                 # Table 5: action repeat 2 (data at the agent's step rate)
@@ -63,6 +68,7 @@ class CollectConfig:
     compression: str = "zlib"              # pixel columns: zlib chunks (2-7x smaller) or none
     chunk_steps: int = 16                  # rows per compressed chunk (a 64-step window decodes ~79 rows)
     append: bool = False                   # add to an existing dataset (same schema)
+    workers: int = 1                       # settings collected in parallel processes (the dataset is the same)
 
     def validate(self) -> "CollectConfig":
         from tasks.base import OBS_TYPES, RENDER_QUALITIES
@@ -76,6 +82,7 @@ class CollectConfig:
         check_int(self.seed, "--seed", 0, 2**63 - 1)
         check_int(self.shard_steps, "--shard-steps", 1)
         check_int(self.chunk_steps, "chunk_steps", 1)
+        check_int(self.workers, "--workers", 1, 1024)
         for option, value in (("--episode-frames", self.episode_frames), ("--action-pad-dim", self.action_pad_dim),
                               ("--proprio-pad-dim", self.proprio_pad_dim)):
             if value is not None:
@@ -96,6 +103,29 @@ class CollectConfig:
         if self.explorer_preset not in ("tiny", "debug"):
             raise HarnessError(f"unknown explorer preset {self.explorer_preset!r}; valid: tiny, debug")
         return self
+
+
+def expand_tasks(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Task names from ``--tasks`` items: a task, ``stream:NAME`` (the distinct tasks of a stream) or
+    ``suite:NAME`` (every task of a suite: ``suite:metaworld`` is all 50 Meta-World tasks). Order kept,
+    duplicates dropped."""
+    from tasks.catalog import TASKS
+    out: list[str] = []
+    for item in items:
+        kind, sep, name = item.partition(":")
+        if not sep:
+            out.append(item)
+        elif kind == "stream":
+            from harness.streams import get_stream
+            out += [t.name for t in get_stream(name).tasks]
+        elif kind == "suite":
+            suites = sorted({TASKS.get(e.name).suite for e in TASKS})
+            if name not in suites:
+                raise HarnessError(f"unknown suite {name!r} in --tasks {item}; valid: {', '.join(suites)}")
+            out += [e.name for e in TASKS if TASKS.get(e.name).suite == name]
+        else:
+            raise HarnessError(f"--tasks item {item!r}: give a task name, stream:NAME or suite:NAME")
+    return tuple(dict.fromkeys(out))
 
 
 def check_output_dir(out: str | Path) -> Path:
@@ -136,7 +166,7 @@ def plan(cfg: CollectConfig) -> list[Setting]:
             if p == "expert" and suite != "metaworld":
                 raise HarnessError(f"policy 'expert' exists for Meta-World tasks only (metaworld.policies); "
                                    f"{name} is a {suite} task: use random or ou")
-            if p in ("random", "disagreement"):
+            if p == "random" or p in LEARNING_POLICIES:
                 out.append(Setting(name, p, None))
                 continue
             for s in cfg.noise or (PAPER_NOISE if p == "expert" else OU_NOISE):
@@ -203,6 +233,12 @@ def make_policy(setting: Setting, cfg: CollectConfig, action_dim: int, action_pa
         return ExpertPolicy(setting.task, float(setting.noise or 0.0), rng)
     if setting.policy == "ou":
         return OUPolicy(action_dim, float(setting.noise or 0.0), cfg.ou_theta, rng)
+    if setting.policy == "icm":
+        from methods.gsa.curiosity import DEBUG as ICM_DEBUG
+        from methods.gsa.curiosity import TINY as ICM_TINY
+        from methods.gsa.curiosity import ICMExplorer
+        icm = ICM_DEBUG if cfg.explorer_preset == "debug" else ICM_TINY
+        return ICMExplorer(icm, proprio_pad, action_pad, action_dim, rng, cfg.action_repeat)
     if setting.policy == "disagreement":
         from methods.gsa.explorer import DEBUG, DisagreementExplorer, ExplorerConfig
         return DisagreementExplorer(DEBUG if cfg.explorer_preset == "debug" else ExplorerConfig(), proprio_pad,
@@ -278,13 +314,84 @@ def _run_episode(env: Any, policy: Any, pad: int, stored: tuple[str, ...]) -> tu
     return ep, ret, success, frames
 
 
+def info_of(s: Setting) -> Any:
+    from tasks.catalog import TASKS
+    return TASKS.get(s.task)
+
+
+def _seeds(cfg: CollectConfig, existing: int, si: int) -> tuple[int, int]:
+    """(env seed, policy seed) of setting ``si``: fixed by the config and the episodes already in the dataset,
+    whichever process collects it."""
+    seq = np.random.SeedSequence([cfg.seed, existing, si])
+    env_seed, pol_seed = (int(x) for x in seq.generate_state(2))
+    return env_seed, pol_seed
+
+
+def collect_setting(si: int, s: Setting, cfg: CollectConfig, existing: int, action_pad: int, proprio_pad: int,
+                    stored: tuple[str, ...], sink: Callable[..., None]) -> dict[str, Any]:
+    """Collect every episode of one (task, policy, noise) setting, handing each to ``sink(episode, return,
+    success, env_frames, provenance)`` as it ends; returns the setting's row of diagnostics. Runs in the
+    collecting process or in a worker process."""
+    from tasks.base import EnvConfig, make_env
+    info = info_of(s)
+    env_obs = cfg.obs_type
+    if (s.policy == "expert" or s.policy in LEARNING_POLICIES) and env_obs == "pixels":
+        env_obs = "both"   # these policies read the state; only pixels are stored
+    env_seed, pol_seed = _seeds(cfg, existing, si)
+    env = make_env(s.task, EnvConfig(obs_type=env_obs, render_quality=cfg.render_quality,
+                                     action_repeat=cfg.action_repeat, episode_frames=cfg.episode_frames,
+                                     action_pad_dim=action_pad, proprio_pad_dim=proprio_pad), seed=env_seed)
+    policy = make_policy(s, cfg, info.action_dim, action_pad, proprio_pad, np.random.default_rng(pol_seed))
+    returns, successes = [], []
+    try:
+        for _ in range(cfg.episodes):
+            ep, ret, success, frames = _run_episode(env, policy, action_pad, stored)
+            sink(ep, ret, success, frames, policy.provenance() if hasattr(policy, "provenance") else None)
+            returns.append(ret)
+            successes.append(success)
+    finally:
+        env.close()
+    row = {"task": s.task, "embodiment": info.embodiment, "policy": s.policy, "noise": s.noise,
+           "episodes": len(returns), "mean_return": float(np.mean(returns))}
+    if info.score_kind == "success":
+        row["success_rate"] = float(np.mean(successes))
+    if getattr(policy, "metrics", None):
+        row |= {f"explorer_{k}": v for k, v in policy.metrics.items()} | {"explorer_updates": policy.updates}
+    return row
+
+
+def _worker_setting(args: tuple[Any, ...]) -> tuple[list[Any], dict[str, Any]]:
+    import torch
+    torch.set_num_threads(1)   # one thread per worker process (never oversubscribe the cores)
+    episodes: list[Any] = []
+    row = collect_setting(*args, sink=lambda *e: episodes.append(e))
+    return episodes, row
+
+
+def _collect_settings(settings: list[Setting], cfg: CollectConfig, existing: int, action_pad: int,
+                      proprio_pad: int, stored: tuple[str, ...], write: Callable[..., None]) -> Any:
+    """Yield (index, setting, row) in the settings' order after ``write(index, setting, *episode)`` got each of
+    its episodes: collected here (``workers`` 1: each episode written as it ends) or by a pool of worker
+    processes (a setting's episodes written when it ends); either way the dataset is the same."""
+    args = [(si, s, cfg, existing, action_pad, proprio_pad, stored) for si, s in enumerate(settings)]
+    if cfg.workers == 1 or len(settings) == 1:
+        for a in args:
+            yield a[0], a[1], collect_setting(*a, sink=lambda *e, a=a: write(a[0], a[1], *e))
+        return
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")   # no fork of a process holding simulators and threads
+    with ctx.Pool(min(cfg.workers, len(settings))) as pool:
+        for a, (episodes, row) in zip(args, pool.imap(_worker_setting, args)):
+            for e in episodes:
+                write(a[0], a[1], *e)
+            yield a[0], a[1], row
+
+
 def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] = print,
             reporter: Any | None = None, log_mlflow: bool = True) -> CollectResult:
     """Collect the episodes ``cfg`` asks for into the dataset at ``out`` and describe it in MLflow."""
     from tqdm import tqdm
 
-    from tasks.base import EnvConfig, make_env
-    from tasks.catalog import TASKS
 
     cfg = cfg.validate()
     out = Path(out)
@@ -331,42 +438,26 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
     with guard:
         try:
             with writer:
-                for si, s in enumerate(settings):
-                    info = TASKS.get(s.task)
-                    env_obs = cfg.obs_type
-                    if s.policy in ("expert", "disagreement") and env_obs == "pixels":
-                        env_obs = "both"   # these policies read the state; only pixels are stored
-                    seq = np.random.SeedSequence([cfg.seed, existing, si])
-                    env_seed, pol_seed = (int(x) for x in seq.generate_state(2))
-                    env = make_env(s.task, EnvConfig(obs_type=env_obs, render_quality=cfg.render_quality,
-                                                     action_repeat=cfg.action_repeat, episode_frames=cfg.episode_frames,
-                                                     action_pad_dim=action_pad, proprio_pad_dim=proprio_pad), seed=env_seed)
-                    policy = make_policy(s, cfg, info.action_dim, action_pad, proprio_pad, np.random.default_rng(pol_seed))
-                    returns, successes = [], []
-                    try:
-                        for _ in range(cfg.episodes):
-                            ep, ret, success, frames = _run_episode(env, policy, action_pad, stored)
-                            writer.add_episode(ep, embodiment=info.embodiment, task=s.task, policy=s.policy,
-                                               noise=s.noise, action_dim=info.action_dim, seed=env_seed)
-                            if "pixels" in ep and len(first_frames) < 64 and len(returns) == 0:
-                                first_frames.append(ep["pixels"][0])
-                            returns.append(ret)
-                            successes.append(success)
-                            env_frames += frames
-                            episodes_done += 1
-                            bar.update(1)
-                            bar.set_postfix(task=s.task, policy=s.label,
-                                            fps=f"{env_frames / max(time.monotonic() - t0, 1e-6):.0f}")
-                    finally:
-                        env.close()
-                    row = {"task": s.task, "embodiment": info.embodiment, "policy": s.policy, "noise": s.noise,
-                           "episodes": len(returns), "mean_return": float(np.mean(returns))}
-                    if info.score_kind == "success":
-                        row["success_rate"] = float(np.mean(successes))
-                    if getattr(policy, "metrics", None):
-                        row |= {f"explorer_{k}": v for k, v in policy.metrics.items()} | {"explorer_updates": policy.updates}
+                done_in: dict[int, int] = {}
+
+                def write(si: int, s: Setting, ep: dict[str, np.ndarray], ret: float, success: float, frames: int,
+                          prov: Any) -> None:
+                    nonlocal env_frames, episodes_done
+                    info = info_of(s)
+                    writer.add_episode(ep, embodiment=info.embodiment, task=s.task, policy=s.policy, noise=s.noise,
+                                       action_dim=info.action_dim, seed=_seeds(cfg, existing, si)[0], provenance=prov)
+                    if "pixels" in ep and len(first_frames) < 64 and si not in done_in:
+                        first_frames.append(ep["pixels"][0])
+                    done_in[si] = done_in.get(si, 0) + 1
+                    env_frames += frames
+                    episodes_done += 1
+                    bar.update(1)
+                    bar.set_postfix(task=s.task, policy=s.label,
+                                    fps=f"{env_frames / max(time.monotonic() - t0, 1e-6):.0f}")
+
+                for si, s, row in _collect_settings(settings, cfg, existing, action_pad, proprio_pad, stored, write):
                     per_setting.append(row)
-                    bar.write(f"  [{si + 1}/{len(settings)}] {s.task} {s.label}: {len(returns)} episodes, mean return "
+                    bar.write(f"  [{si + 1}/{len(settings)}] {s.task} {s.label}: {row['episodes']} episodes, mean return "
                               f"{row['mean_return']:.1f}"
                               + (f", success {row['success_rate']:.2f}" if "success_rate" in row else ""))
                     if rep is not None:

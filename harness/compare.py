@@ -5,11 +5,17 @@ table (average performance, forgetting, forward transfer, final normalised score
 optimality gap with 95% stratified-bootstrap CIs via rliable), learning curves with CIs and the R
 matrix per method, as PNG/CSV/Markdown, logged as artifacts of a "comparison" run.
 Runs whose stream, budgets or observation settings differ are reported, never mixed.
+
+When finished ``multitask`` runs of the stream's multi-task reference (``<stream>-mt``: the same tasks and
+per-task budgets, all learnt at once) exist with the same env settings, the table ends with their row
+(Continual World's upper bound): its final score per task is the mean of that task's columns in the last R
+row; forgetting and forward transfer do not apply to it.
 """
 from __future__ import annotations
 
 import csv
 import json
+import re
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -38,6 +44,7 @@ class RunData:
     R: np.ndarray                                   # fractions 0..1, (tasks, tasks)
     curves: dict[int, tuple[np.ndarray, np.ndarray]]  # task j -> (global env frames, score 0..100)
     run_metrics: dict[str, float]
+    method_config: dict[str, str] = field(default_factory=dict)   # the run's resolved config (flattened params)
 
 
 @dataclass
@@ -74,8 +81,9 @@ def _load_run(client: Any, run: Any, tmp: Path) -> RunData:
         by_step = {m.step: m.value for m in hist}  # a resumed run may log a step twice: keep the last
         curves[j] = (np.array(list(by_step)), np.array(list(by_step.values())))
     sig = tuple(run.data.params.get(k, "?") for k in SIGNATURE_KEYS)
+    config = {k.removeprefix("method_config."): v for k, v in run.data.params.items() if k.startswith("method_config.")}
     return RunData(rid, run.data.tags["method"], run.data.tags.get("seed", "?"), sig,
-                   np.array(rj["R"], dtype=np.float64) / 100.0, curves, dict(run.data.metrics))
+                   np.array(rj["R"], dtype=np.float64) / 100.0, curves, dict(run.data.metrics), config)
 
 
 def collect_runs(rep: MlflowReporter, stream: str, methods: list[str] | None = None,
@@ -130,6 +138,52 @@ def collect_runs(rep: MlflowReporter, stream: str, methods: list[str] | None = N
     return dict(groups), excluded, names
 
 
+REFERENCE = "multitask (reference)"
+
+
+def _budgets(tasks: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tasks:
+        out[t["name"]] = out.get(t["name"], 0) + int(t["frames"])
+    return out
+
+
+def multitask_reference(rep: MlflowReporter, stream: str, signature: tuple[str, ...], task_names: list[str],
+                        seeds: list[int] | None = None) -> tuple[np.ndarray | None, list[str], list[str]]:
+    """The multi-task reference's final scores for the tasks of ``stream``: (runs, tasks) fractions from the
+    newest FINISHED ``multitask`` run per seed of ``<stream>-mt`` whose per-task budgets and env settings
+    match ``signature``; also their seeds and the runs left out (with why). None when there is none."""
+    exp = rep.client.get_experiment_by_name(f"stream/{stream}-mt")
+    if exp is None:
+        return None, [], []
+    runs = rep.client.search_runs([exp.experiment_id], filter_string="tags.method = 'multitask' and "
+                                  "attributes.status = 'FINISHED'", max_results=5000,
+                                  order_by=["attributes.start_time DESC"])
+    want = _budgets(_tasks_of(signature))
+    finals, used, left_out, seen = [], [], [], set()
+    for r in runs:
+        if "mlflow.parentRunId" in r.data.tags:
+            continue
+        seed = r.data.tags.get("seed", "?")
+        if (seeds is not None and seed not in {str(s) for s in seeds}) or seed in seen:
+            continue
+        sig = tuple(r.data.params.get(k, "?") for k in SIGNATURE_KEYS)
+        if _budgets(_tasks_of(sig)) != want or sig[3:] != signature[3:]:
+            left_out.append(f"{r.info.run_id} (multitask, seed {seed}): its budgets per task or env settings "
+                            f"differ from the compared runs'")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            rj = json.loads(Path(rep.client.download_artifacts(r.info.run_id, "R_matrix.json", tmp)).read_text())
+        last = np.asarray(rj["R"], dtype=np.float64)[-1] / 100.0
+        cols = {n: [k for k, m in enumerate(rj["tasks"]) if m == n] for n in task_names}
+        if not all(cols.values()):
+            continue
+        finals.append([float(last[cols[n]].mean()) for n in task_names])
+        used.append(seed)
+        seen.add(seed)
+    return (np.array(finals) if finals else None), used, left_out
+
+
 def _unfinished(run: Any) -> str:
     """Why a parent run is not compared, with what to do about it."""
     from harness.lifecycle import liveness
@@ -147,31 +201,51 @@ def _tasks_of(signature: tuple[str, ...]) -> list[dict[str, Any]]:
     return ast.literal_eval(signature[0])  # the params value is the repr of a list of plain dicts
 
 
-def summarize(groups: dict[str, list[RunData]], task_names: list[str], reps: int = 2000) -> list[dict[str, Any]]:
+CL_CONFIDENCE = 0.90   # Continual World reports 90% bootstrap CIs of its metrics; IQM and OG use rliable's 95%
+
+
+def _ci(values: np.ndarray) -> tuple[float, float]:
+    return metrics.bootstrap_ci(values, CL_CONFIDENCE)
+
+
+def summarize(groups: dict[str, list[RunData]], task_names: list[str], reps: int = 2000,
+              reference: tuple[np.ndarray, list[str]] | None = None) -> list[dict[str, Any]]:
+    """One row per method: average performance, forgetting and forward transfer (mean over runs with 90%
+    bootstrap CIs), IQM and optimality gap of the final scores (95% stratified bootstrap CIs), the final
+    score per task; ``reference`` (the multi-task runs' final scores and seeds) adds its row last."""
     from rliable import library as rly
     from rliable import metrics as rm
 
     finals = {m: np.stack([d.R[-1] for d in runs]) for m, runs in groups.items()}  # (runs, tasks), 0..1
+    if reference is not None:
+        finals[REFERENCE] = reference[0]
     agg = lambda x: np.array([rm.aggregate_iqm(x), rm.aggregate_optimality_gap(x)])  # noqa: E731
     point, ci = rly.get_interval_estimates(finals, agg, reps=reps)
     rows = []
-    for m, runs in sorted(groups.items()):
-        ap = np.array([metrics.average_performance(d.R) for d in runs])
-        fg = np.array([metrics.forgetting(d.R) for d in runs])
-        ft = np.array([d.run_metrics.get("cl/forward_transfer", np.nan) for d in runs])
-        row: dict[str, Any] = {"method": m, "runs": len(runs), "seeds": ",".join(sorted(d.seed for d in runs)),
-                               "avg_performance": float(ap.mean()), "forgetting": float(fg.mean()),
-                               "forward_transfer": float(np.nanmean(ft)) if np.isfinite(ft).any() else float("nan"),
-                               "iqm": float(point[m][0]), "iqm_ci_low": float(ci[m][0, 0]), "iqm_ci_high": float(ci[m][1, 0]),
-                               "optimality_gap": float(point[m][1]), "og_ci_low": float(ci[m][0, 1]),
-                               "og_ci_high": float(ci[m][1, 1])}
+    per_method = {m: (np.array([metrics.average_performance(d.R) for d in runs]),
+                      np.array([metrics.forgetting(d.R) for d in runs]),
+                      np.array([d.run_metrics.get("cl/forward_transfer", np.nan) for d in runs]),
+                      sorted(d.seed for d in runs)) for m, runs in sorted(groups.items())}
+    if reference is not None:
+        nan = np.full(len(reference[1]), np.nan)
+        per_method[REFERENCE] = (reference[0].mean(1), nan, nan, sorted(reference[1]))
+    for m, (ap, fg, ft, seeds) in per_method.items():
+        row: dict[str, Any] = {"method": m, "runs": len(seeds), "seeds": ",".join(seeds)}
+        for name, v in (("avg_performance", ap), ("forgetting", fg), ("forward_transfer", ft)):
+            lo, hi = _ci(v)
+            row |= {name: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
+                    f"{name}_ci_low": lo, f"{name}_ci_high": hi}
+        row |= {"iqm": float(point[m][0]), "iqm_ci_low": float(ci[m][0, 0]), "iqm_ci_high": float(ci[m][1, 0]),
+                "optimality_gap": float(point[m][1]), "og_ci_low": float(ci[m][0, 1]), "og_ci_high": float(ci[m][1, 1])}
         for j, name in enumerate(task_names):
             row[f"final {j}-{name}"] = float(finals[m][:, j].mean() * 100)
         rows.append(row)
     return rows
 
 
-def plot_curves(groups: dict[str, list[RunData]], task_names: list[str], path: Path) -> Path:
+def plot_curves(groups: dict[str, list[RunData]], task_names: list[str], path: Path,
+                reference: dict[str, Any] | None = None) -> Path:
+    """Mean score per task over global env frames with 95% CIs; a reference's curves dashed."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -191,6 +265,12 @@ def plot_curves(groups: dict[str, list[RunData]], task_names: list[str], path: P
             if len(runs) > 1:
                 lo, hi = zip(*[metrics.bootstrap_ci(ys[:, k], 0.95) for k in range(len(steps))])
                 ax.fill_between(steps, lo, hi, alpha=0.2)
+        for m, entry in sorted((reference or {}).get("methods", {}).items()):
+            c = entry.get("curves", {}).get(name)
+            if c and c["env_frames"]:
+                line, = ax.plot(c["env_frames"], c["mean"], linestyle="--", label=f"ref:{m} (n={len(entry['seeds'])})")
+                if c.get("ci_low"):
+                    ax.fill_between(c["env_frames"], c["ci_low"], c["ci_high"], alpha=0.08, color=line.get_color())
         ax.set_title(f"{j}: {name}", fontsize=9)
         ax.set_xlabel("env frames (global)", fontsize=8)
         ax.set_ylabel("score (0-100)", fontsize=8)
@@ -231,12 +311,43 @@ def plot_R(groups: dict[str, list[RunData]], task_names: list[str], path: Path) 
     return path
 
 
+def _reference_rows(ref: dict[str, Any], columns: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for m, entry in sorted(ref["methods"].items()):
+        row = {c: entry.get("row", {}).get(c, float("nan")) for c in columns}
+        rows.append(row | {"method": f"ref:{m}"})
+    return rows
+
+
 def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | None = None,
             out_dir: str | Path | None = None, reporter: MlflowReporter | None = None,
-            sweep: str | None = None) -> Comparison:
+            sweep: str | None = None, reference: str | None = None,
+            save_reference: str | Path | None = None) -> Comparison:
+    """Compare the finished runs of ``stream``; ``reference``: a shipped reference's name, a reference file, or
+    "auto" (the shipped one made with the same stream and settings, if any) whose rows and curves are shown
+    beside the runs; ``save_reference``: write the compared runs as a reference file there."""
+    from harness import references
     rep = reporter or MlflowReporter()
     groups, excluded, names = collect_runs(rep, stream, methods, seeds, sweep)
-    rows = summarize(groups, names)
+    signature = next(iter(groups.values()))[0].signature
+    settings = dict(zip(SIGNATURE_KEYS, signature))
+    ref = None
+    if reference == "auto":
+        ref = references.find(stream, settings)
+    elif reference is not None:
+        ref = references.load(reference)
+        diff = references.mismatch(ref, stream, settings)
+        if diff:
+            raise HarnessError(f"reference {ref['path']} was made with other settings than these runs: "
+                               f"{'; '.join(diff)}; run with those settings to compare with it")
+    mt, mt_seeds, left_out = (None, [], []) if methods and "multitask" in methods else \
+        multitask_reference(rep, stream, signature, names, seeds)
+    excluded += left_out
+    rows = summarize(groups, names, reference=(mt, mt_seeds) if mt is not None else None)
+    if save_reference is not None:
+        references.save(references.build(stream, settings, groups, rows, names, sweep), save_reference)
+    if ref is not None:
+        rows += _reference_rows(ref, list(rows[0]))
     out = Path(out_dir or Path("comparisons") / f"{stream}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     comp = Comparison(stream, names, rows, excluded, out)
@@ -244,11 +355,19 @@ def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | No
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    md = f"# {stream}\n\n{comp.markdown()}\n"
+    md = (f"# {stream}\n\n{comp.markdown()}\n\nMeans over runs; CIs: average performance, forgetting and forward "
+          f"transfer {CL_CONFIDENCE:.0%} bootstrap (Continual World), IQM and optimality gap 95% stratified bootstrap "
+          "(rliable); scores are fractions (final: 0-100).\n")
+    if ref is not None:
+        md += (f"\n`ref:*` rows and dashed curves: the reference results in `{ref['path']}` (commit "
+               f"{str(ref.get('commit'))[:12]}, sweep {ref.get('sweep')}), made with the same stream and settings.\n")
+    if mt is not None:
+        md += (f"\n`{REFERENCE}`: finished `multitask` runs of `{stream}-mt` (seeds {','.join(sorted(mt_seeds))}), "
+               "all tasks learnt at once on the same budget per task; forgetting and forward transfer do not apply.\n")
     if excluded:
         md += "\nExcluded runs:\n" + "".join(f"- {e}\n" for e in excluded)
     (out / "comparison.md").write_text(md)
-    comp.files = [out / "comparison.csv", out / "comparison.md", plot_curves(groups, names, out / "learning_curves.png"),
+    comp.files = [out / "comparison.csv", out / "comparison.md", plot_curves(groups, names, out / "learning_curves.png", ref),
                   plot_R(groups, names, out / "R_matrices.png")]
     rep.start(f"stream/{stream}", "comparison",
               {"run_type": "comparison", "stream": stream, "methods": ",".join(sorted(groups)),
@@ -258,7 +377,8 @@ def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | No
         for p in comp.files:
             rep.log_artifact(p)
         for r in rows:
-            rep.log_metrics({f"{r['method']}/{k}": v for k, v in r.items() if isinstance(v, float)}, 0)
+            name = re.sub(r"[^\w\-. /]", "-", r["method"].replace(" (reference)", "-reference"))  # MLflow's charset
+            rep.log_metrics({f"{name}/{k}": v for k, v in r.items() if isinstance(v, float)}, 0)
         rep.close("FINISHED")
     comp.run_id = rep.run_ids["parent"]
     return comp

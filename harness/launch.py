@@ -46,16 +46,23 @@ class RunOptions:
     pretrained: str | None = None
     offline_data: str | None = None
     tags: tuple[str, ...] = ()               # KEY=VALUE MLflow tags on the run (a sweep's id)
+    ft_reference: str | None = None          # forward transfer's single-task reference method (None: the same)
 
     def to_config(self) -> RunConfig:
         """The run's config; every error is a HarnessError naming the option (nothing is created)."""
-        from harness.streams import get_stream, load_stream_file
+        from harness.streams import load_stream_file, stream_with_overrides
         from methods import METHODS
         if bool(self.stream) == bool(self.stream_file):
             raise HarnessError("give exactly one of STREAM (see `streams list`) or --stream-file FILE")
-        spec = load_stream_file(self.stream_file) if self.stream_file else get_stream(self.stream)  # type: ignore[arg-type]
-        spec = spec.with_overrides(self.frames_per_task, self.eval_every, self.eval_episodes)
+        if self.stream_file:
+            spec = load_stream_file(self.stream_file).with_overrides(self.frames_per_task, self.eval_every,
+                                                                     self.eval_episodes)
+        else:
+            spec = stream_with_overrides(self.stream, self.frames_per_task, self.eval_every,  # type: ignore[arg-type]
+                                         self.eval_episodes)
         METHODS.entry(self.method)  # unknown method: clear error before anything heavy is imported
+        if self.ft_reference is not None:
+            METHODS.entry(self.ft_reference)
         parsed = tuple(_key_value(o, "--set") for o in self.overrides)
         pretrained, tags = self.pretrained, tuple(_key_value(t, "--tag") for t in self.tags)
         from harness.registry_models import is_model_uri, resolve_pretrained
@@ -74,7 +81,8 @@ class RunOptions:
                          env=EnvConfig(obs_type=self.obs, render_quality=self.render_quality,
                                        action_repeat=self.action_repeat),
                          device=self.device, torch_threads=self.threads, checkpoint_every_frames=self.checkpoint_every,
-                         video_frames=self.video_frames, runs_dir=self.runs_dir, tags=tags)
+                         video_frames=self.video_frames, runs_dir=self.runs_dir, tags=tags,
+                         ft_reference_method=self.ft_reference)
 
     def argv(self, python: str = sys.executable) -> list[str]:
         """The `run-stream` command line that runs these options."""

@@ -49,11 +49,11 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
     from harness.config import RunConfig
     from harness.reporting import MlflowReporter, ui_command
     from harness.runner import run_stream
-    from harness.streams import get_stream
+    from harness.streams import stream_with_overrides
     from methods import METHODS
     from tasks.base import EnvConfig
 
-    stream = get_stream(cfg.stream).with_overrides(cfg.frames_per_task, cfg.eval_every, cfg.eval_episodes)
+    stream = stream_with_overrides(cfg.stream, cfg.frames_per_task, cfg.eval_every, cfg.eval_episodes)
     METHODS.entry(cfg.method)
     if cfg.obs_type not in ("pixels", "proprio", "both"):
         raise HarnessError(f"unknown observation type {cfg.obs_type!r}; valid: pixels, proprio, both")
@@ -133,21 +133,28 @@ def _collect_pretrain_index(cfg: PipelineConfig, tasks: tuple[str, ...], data: P
 
 
 def _compare_with_baselines(stream: str, cfg: PipelineConfig, echo: Callable[[str], None]) -> str | None:
-    """The comparison with ``dreamer`` (and any other method) already run on this stream, if there are any."""
-    from harness.compare import collect_runs, compare
+    """The run against the shipped reference results of this stream and settings, and against any other method
+    already run on this stream (``dreamer``), when there are any; else the commands that make a Dreamer run."""
+    from harness.compare import SIGNATURE_KEYS, collect_runs, compare
+    from harness.references import find
     from harness.reporting import MlflowReporter
     runs = collect_runs(MlflowReporter(), stream)[0]   # the gsa run just made exists: no error here
     others = sorted(m for m in runs if m != cfg.method)
+    ref = find(stream, dict(zip(SIGNATURE_KEYS, next(iter(runs.values()))[0].signature)))
     if not others:
         budget = f" --frames-per-task {cfg.frames_per_task}" if cfg.frames_per_task else ""
-        echo(f"no other method has finished runs on {stream} yet; for the comparison with Dreamer from scratch run\n"
+        echo(f"no other method has finished runs on {stream} here; for a Dreamer-from-scratch run of your own:\n"
              f"  python cli.py run-stream {stream} --method dreamer --preset {cfg.preset} --obs {cfg.obs_type} "
              f"--render-quality {cfg.render_quality} --seed {cfg.seed}{budget}\n"
-             f"  python cli.py compare {stream}")
-        return None
-    comp = compare(stream, [cfg.method, *others])
+             f"  python cli.py compare {stream} --reference auto")
+        if ref is None:
+            return None
+    comp = compare(stream, [cfg.method, *others], reference="auto")
     text = comp.markdown()
+    if ref is not None:
+        echo(f"your run{'s' if others else ''} against the reference results in {ref['path']} (rows ref:*):")
     echo(text)
     for e in comp.excluded:
         echo(f"excluded: {e}")
+    echo(f"curves: {comp.out_dir / 'learning_curves.png'}")
     return text

@@ -137,6 +137,12 @@ _builtin("quick", "CPU smoke stream: cartpole-balance -> reach-v3 -> walker-stan
          [("cartpole-balance", 4_000), ("reach-v3", 4_000), ("walker-stand", 4_000)], EvalSpec(2_000, 2))
 _builtin("cw3-short", "CPU-sized Meta-World: reach -> push -> window-close, 20k frames each",
          [("reach-v3", 20_000), ("push-v3", 20_000), ("window-close-v3", 20_000)], EvalSpec(10_000, 3))
+# The continual-learning baselines' CPU stream (benchmarks/bench_cl.py): two embodiments, the tasks DrQ-v2
+# learns within a CPU budget first (at 15-20k frames only cartpole-balance is learnt well; walker, cup,
+# reacher, point_mass and finger stay near zero at 20k), so that forgetting can be measured.
+_builtin("cl3-short", "CPU-sized stream for the CL baselines: cartpole-balance -> cartpole-swingup -> walker-stand, "
+         "15k frames each", [("cartpole-balance", 15_000), ("cartpole-swingup", 15_000), ("walker-stand", 15_000)],
+         EvalSpec(5_000, 3))
 
 
 MULTITASK_ROUNDS = 5   # ours: chunks per task in the multi-task reference streams (CW's MT switches every episode)
@@ -347,6 +353,20 @@ def get_stream(name: str) -> StreamSpec:
     valid = ", ".join(sorted(all_stream_names()))
     raise HarnessError(f"unknown stream {name!r}. Valid streams: {valid} "
                        f"(user files live in {user_streams_dir()}; or pass --stream-file FILE)")
+
+
+def stream_with_overrides(name: str, frames_per_task: int | None = None, eval_every: int | None = None,
+                          eval_episodes: int | None = None) -> StreamSpec:
+    """A stream by name with run-stream's overrides. ``<name>-mt``, the multi-task reference of any stream
+    (built-in, python or user file), takes ``frames_per_task`` and ``eval_episodes`` as its base stream's, so
+    that ``--frames-per-task F`` gives each task F frames in all, as in the continual runs it is held against;
+    it evaluates at its chunks' ends unless ``eval_every`` says otherwise."""
+    base = name.removesuffix("-mt")
+    if name != base and (base in STREAMS or base in _user_stream_files()) and (
+            name not in STREAMS or "multitask" in STREAMS.entry(name).tags):
+        spec = multitask_stream(get_stream(base).with_overrides(frames_per_task, None, eval_episodes))
+        return spec.with_overrides(None, eval_every, None)
+    return get_stream(name).with_overrides(frames_per_task, eval_every, eval_episodes)
 
 
 def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:

@@ -29,6 +29,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections import Counter, defaultdict
@@ -221,6 +222,38 @@ class JobResult:
     error: str = ""
 
 
+class _Stop:
+    """The driver's stop: once set (SIGTERM or Ctrl-C in the driver), no job or retry starts and the running
+    job processes get SIGTERM, so each ends KILLED with its resume hint and the next `sweep` continues it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+        self.children: set[subprocess.Popen[bytes]] = set()
+
+    def set(self) -> None:
+        self.event.set()
+        with self.lock:
+            for p in self.children:
+                with contextlib.suppress(ProcessLookupError):
+                    p.terminate()
+
+    def run(self, argv: list[str], **kwargs: Any) -> int:
+        with self.lock:
+            if self.event.is_set():
+                return -15
+            p = subprocess.Popen(argv, **kwargs)
+            self.children.add(p)
+        try:
+            return p.wait()
+        finally:
+            with self.lock:
+                self.children.discard(p)
+
+
+STOP = _Stop()
+
+
 def run_job(job: Job, env: dict[str, str], log_dir: str, max_retries: int = 2) -> JobResult:
     """Run (or continue) one job to its end as a `run-stream` subprocess; picklable for Ray and submitit."""
     from harness.reporting import MlflowReporter
@@ -231,6 +264,9 @@ def run_job(job: Job, env: dict[str, str], log_dir: str, max_retries: int = 2) -
         rep = MlflowReporter(env.get("MLFLOW_TRACKING_URI"))
         run = find_runs(rep.client, sweep).get(job.key)
         state = state_of(run)
+        if STOP.event.is_set() and state != "finished":
+            return JobResult(job.label, job.key, "STOPPED", run and run.info.run_id, attempts, time.monotonic() - t0,
+                             "the sweep was stopped; run it again to continue")
         if state in ("finished", "running") or attempts > max_retries:
             status = {"finished": "SKIPPED" if attempts == 0 else "FINISHED", "running": "RUNNING"}.get(state, "FAILED")
             return JobResult(job.label, job.key, status, run and run.info.run_id, attempts,
@@ -242,8 +278,7 @@ def run_job(job: Job, env: dict[str, str], log_dir: str, max_retries: int = 2) -
         with open(log, "w") as f:
             f.write(" ".join(argv) + "\n")
             f.flush()
-            rc = subprocess.run(argv, env=os.environ | env, stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL).returncode
+            rc = STOP.run(argv, env=os.environ | env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         attempts += 1
         run = find_runs(rep.client, sweep).get(job.key)
         if run is not None:
@@ -332,8 +367,15 @@ class LocalBackend:
                 free.put(slot)
             done(res)
             return res
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(work, jobs))
+        pool = ThreadPoolExecutor(self.concurrency)
+        try:
+            futures = [pool.submit(work, j) for j in jobs]
+            return [f.result() for f in futures]
+        except BaseException:     # SIGTERM (Terminated) or Ctrl-C in the driver: stop the jobs, then leave
+            STOP.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ray_job(job: Job, env: dict[str, str], log_dir: str, max_retries: int, gpus: float) -> JobResult:
@@ -567,6 +609,7 @@ def run_sweep(jobs: Sequence[Job], sweep: str, backend: Backend, *, max_retries:
     """Run what is left of the sweep's jobs on ``backend``; returns what became of each."""
     from harness.reporting import MlflowReporter, tracking_uri
     t0 = time.monotonic()
+    STOP.event.clear()
     uri = uri or tracking_uri()
     rep = MlflowReporter(uri)
     runs = find_runs(rep.client, sweep)

@@ -17,6 +17,8 @@ METHODS.register("drqv2", "methods.drqv2:SPEC",
 METHODS.register("packnet", "methods.packnet:SPEC",
                  description="PackNet (avalanche-lib modules) around DrQ-v2's encoder and actor; critic reset per task")
 # Continual World's baselines around DrQ-v2 (and Dreamer for the regularisers): methods/cl/__init__.py.
+METHODS.register("finetune", "methods.cl.regularizers:SPEC_FINETUNE",
+                 description="Fine-tuning (CW): DrQ-v2 or Dreamer with per-task heads, nothing against forgetting")
 METHODS.register("l2", "methods.cl.regularizers:SPEC_L2",
                  description="L2 (CW): penalty towards the previous tasks' weights; DrQ-v2 or Dreamer, per-task heads")
 METHODS.register("ewc", "methods.cl.regularizers:SPEC_EWC",

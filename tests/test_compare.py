@@ -53,3 +53,70 @@ def test_compare_names_methods_without_runs(mlflow_uri, tmp_path):
         compare("cmp", methods=["random", "dreamer"], out_dir=tmp_path / "o")
     with pytest.raises(HarnessError, match="no runs of stream 'nothing'"):
         compare("nothing")
+
+
+def test_compare_ends_with_the_multitask_reference(mlflow_uri, tmp_path):
+    """`multitask` runs of `<stream>-mt` with the same per-task budgets give the table's last row: the mean of
+    each task's columns in their last R row; forgetting and forward transfer do not apply; other budgets are
+    named and left out."""
+    import json
+    import math
+
+    from harness.streams import multitask_stream
+
+    for seed in (0, 1):
+        _run(tmp_path, seed)
+    env = EnvConfig(obs_type="proprio", action_repeat=2)
+    mt = multitask_stream(STREAM, rounds=2)
+    res = run_stream(RunConfig(stream=mt, method="multitask", preset="debug", seed=0, video_frames=0,
+                               runs_dir=str(tmp_path / "runs"), env=env), echo=lambda *_: None)
+    other = multitask_stream(StreamSpec("cmp", (TaskSpec("cartpole-balance", 100), TaskSpec("walker-stand", 200)),
+                                        EvalSpec(100, 1)), rounds=2)
+    odd = run_stream(RunConfig(stream=other, method="multitask", preset="debug", seed=1, video_frames=0,
+                               runs_dir=str(tmp_path / "runs"), env=env), echo=lambda *_: None)
+    comp = compare("cmp", out_dir=tmp_path / "out")
+    assert [r["method"] for r in comp.rows] == ["random", "multitask (reference)"]
+    ref = comp.rows[-1]
+    assert ref["runs"] == 1 and ref["seeds"] == "0"
+    assert math.isnan(ref["forgetting"]) and math.isnan(ref["forward_transfer"])
+    client = MlflowClient(mlflow_uri)
+    rj = json.loads(open(client.download_artifacts(res.run_id, "R_matrix.json", str(tmp_path))).read())
+    last = rj["R"][-1]
+    for j, name in enumerate(("cartpole-balance", "walker-stand")):
+        cols = [last[k] for k, n in enumerate(rj["tasks"]) if n == name]
+        assert len(cols) == 2
+        assert abs(ref[f"final {j}-{name}"] - sum(cols) / 2) < 1e-9
+    assert abs(ref["avg_performance"] - (ref["final 0-cartpole-balance"] + ref["final 1-walker-stand"]) / 200) < 1e-9
+    assert any(odd.run_id in e and "budgets per task" in e for e in comp.excluded), comp.excluded
+    assert "multitask (reference)" in (tmp_path / "out" / "comparison.md").read_text()
+    # The random runs' CL metrics carry their CIs.
+    row = comp.rows[0]
+    assert row["avg_performance_ci_low"] <= row["avg_performance"] <= row["avg_performance_ci_high"]
+
+
+def test_reference_results_round_trip_and_refuse_other_settings(mlflow_uri, tmp_path):
+    """`--save-reference` writes the compared runs' curves and scores; `--reference FILE` shows them as ref:*
+    rows next to new runs of the same stream and settings, and refuses runs made with other settings."""
+    import json
+
+    for seed in (0, 1):
+        _run(tmp_path, seed)
+    ref_file = tmp_path / "ref.json"
+    made = compare("cmp", out_dir=tmp_path / "a", save_reference=ref_file)
+    ref = json.loads(ref_file.read_text())
+    assert ref["stream"] == "cmp" and ref["methods"]["random"]["seeds"] == ["0", "1"]
+    assert len(ref["methods"]["random"]["final"]) == 2 and ref["commit"] and ref["versions"]
+    assert ref["methods"]["random"]["curves"]["walker-stand"]["env_frames"]
+    again = compare("cmp", out_dir=tmp_path / "b", reference=str(ref_file))
+    assert [r["method"] for r in again.rows] == ["random", "ref:random"]
+    assert again.rows[1]["avg_performance"] == made.rows[0]["avg_performance"]
+    assert "ref:*" in (tmp_path / "b" / "comparison.md").read_text()
+    # runs with another action repeat on another stream's name: refused, naming what differs
+    other = StreamSpec("cmp2", STREAM.tasks, STREAM.eval)
+    _run(tmp_path, 0, stream=other, action_repeat=4)
+    with pytest.raises(HarnessError, match=r"other settings than these runs: stream 'cmp' \(yours: 'cmp2'\); "
+                                           r"run.env.action_repeat='2' \(yours: '4'\)"):
+        compare("cmp2", out_dir=tmp_path / "c", reference=str(ref_file))
+    with pytest.raises(HarnessError, match="no reference 'nope'"):
+        compare("cmp", out_dir=tmp_path / "d", reference="nope")
+    assert compare("cmp", out_dir=tmp_path / "e", reference="auto").rows[-1]["method"] == "random"  # none shipped

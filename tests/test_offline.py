@@ -1,4 +1,5 @@
 """Offline datasets on real collected episodes: storage, streaming reads, the ncrl layout, damaged data."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -337,3 +338,84 @@ def test_disagreement_explorer_collects_while_it_learns(tmp_path, monkeypatch):
     assert np.isfinite(row["explorer_intrinsic_reward"]) and row["explorer_intrinsic_reward"] >= 0
     ds = open_dataset(tmp_path / "ds")
     assert {(e.policy, e.noise, e.embodiment) for e in ds.episodes} == {("disagreement", None, "cheetah")}
+
+
+def test_icm_explorer_collects_reward_free_with_provenance(tmp_path, monkeypatch):
+    """URLB's ICM agent as a collection policy: pixels stored when asked (it acts on the state), every
+    episode written with where its learner stood, seed frames first, then the actor; no reward stored."""
+    import torch
+
+    from harness.collect import collect
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = collect(tmp_path / "ds", CollectConfig(tasks=("walker-stand",), policies=("icm",), episodes=4,
+                                                     episode_frames=60, render_quality="fast", obs_type="pixels",
+                                                     explorer_preset="debug"), echo=lambda *_: None, log_mlflow=False)
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = res.settings
+    assert row["policy"] == "icm" and row["explorer_updates"] > 5
+    assert np.isfinite(row["explorer_intrinsic_reward"]) and row["explorer_intrinsic_reward"] >= 0
+    ds = open_dataset(tmp_path / "ds")
+    assert "reward" not in ds.obs_spec and "pixels" in ds.obs_spec and "reward" not in ds.episode(0)
+    metas = sorted(ds.episodes, key=lambda m: m.provenance["train_agent_steps"][0])
+    assert [(m.policy, m.noise) for m in metas] == [("icm", None)] * 4
+    steps = [m.provenance["train_agent_steps"] for m in metas]
+    assert steps == [[0, 30], [30, 60], [60, 90], [90, 120]], steps   # 60 frames at action repeat 2 each
+    assert metas[0].provenance["acting"] == "uniform (seed frames)"   # debug: 100 seed frames = 50 agent steps
+    assert metas[-1].provenance["acting"].startswith("actor")
+    assert metas[-1].provenance["grad_updates"][1] > metas[-1].provenance["grad_updates"][0]
+    assert metas[-1].provenance["algorithm"] == "ddpg+icm (URLB)"
+
+
+def test_icm_reward_is_urlbs_and_its_models_learn():
+    """r = log(1 + scale * ||s' - f(s, a)||); training on a fixed batch lowers the forward and inverse errors."""
+    import torch
+
+    from methods.gsa.curiosity import DEBUG, ICMExplorer
+    torch.manual_seed(0)
+    ex = ICMExplorer(DEBUG, proprio_dim=6, action_dim=3, native_dim=2, rng=np.random.default_rng(0))
+    s, a = torch.randn(64, 6), torch.rand(64, 3) * 2 - 1
+    s2 = s + torch.cat([a, a], -1)          # deterministic dynamics: both models can learn them
+    with torch.no_grad():
+        expected = torch.log1p(DEBUG.icm_scale * (s2 - ex.icm.forward_net(torch.cat([s, a], -1))).norm(dim=-1))
+    assert torch.allclose(ex.intrinsic_reward(s, a, s2), expected)
+    with torch.no_grad():
+        before = [float(e.mean()) for e in ex.icm(s, a, s2)]
+    for _ in range(1500):   # URLB's lr 1e-4
+        fe, be = ex.icm(s, a, s2)
+        ex.icm_opt.step(fe.mean() + be.mean())
+    with torch.no_grad():
+        after = [float(e.mean()) for e in ex.icm(s, a, s2)]
+    assert after[0] < 0.8 * before[0] and after[1] < 0.8 * before[1], (before, after)
+
+
+def test_parallel_collection_writes_the_same_dataset(tmp_path, monkeypatch):
+    """--workers N collects settings in N processes; the episodes, their order and metadata are those of one."""
+    from harness.collect import collect
+    monkeypatch.chdir(tmp_path)
+    cfg = CollectConfig(tasks=("reach-v3", "push-v3"), policies=("expert",), noise=(0.1, 1.0), episodes=2,
+                        episode_frames=40, obs_type="proprio", render_quality="fast")
+    for workers in (1, 2):
+        collect(tmp_path / f"w{workers}", dataclasses.replace(cfg, workers=workers), echo=lambda *_: None,
+                log_mlflow=False)
+    one, two = open_dataset(tmp_path / "w1"), open_dataset(tmp_path / "w2")
+    key = lambda m: (m.task, m.policy, m.noise, m.seed, m.length)  # noqa: E731
+    assert [key(m) for m in one.episodes] == [key(m) for m in two.episodes] and len(one.episodes) == 8
+    for i in range(len(one.episodes)):
+        a, b = one.episode(i), two.episode(i)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_collect_task_groups():
+    from harness.collect import expand_tasks
+    from harness.streams import CW10_TASKS
+    assert expand_tasks(["stream:cw10"]) == tuple(f"{t}-v3" for t in CW10_TASKS)
+    assert len(expand_tasks(["suite:metaworld"])) == 50
+    assert expand_tasks(["reach-v3", "stream:quick"]) == ("reach-v3", "cartpole-balance", "walker-stand")
+    with pytest.raises(HarnessError, match="unknown suite 'nope'"):
+        expand_tasks(["suite:nope"])
+    with pytest.raises(HarnessError, match="give a task name, stream:NAME or suite:NAME"):
+        expand_tasks(["group:x"])

@@ -117,3 +117,24 @@ def test_registry_errors_are_clear():
         reg.register("alpha", 2)
     with pytest.raises(KeyError, match="unknown widget 'alph'.*Did you mean 'alpha'.*Valid widgets: alpha"):
         reg.get("alph")
+
+
+def test_multitask_streams_take_overrides_as_their_base_streams(tmp_path, monkeypatch):
+    """`<name>-mt` exists for any stream, user files included, and `--frames-per-task F` gives each task F
+    frames in all (chunked), so the reference matches the continual runs' budget per task."""
+    from harness.streams import MULTITASK_ROUNDS, stream_with_overrides
+
+    mt = stream_with_overrides("cl3-short-mt", frames_per_task=10_000)
+    per_task: dict[str, int] = {}
+    for t in mt.tasks:
+        per_task[t.name] = per_task.get(t.name, 0) + t.frames
+    assert per_task == {"cartpole-balance": 10_000, "cartpole-swingup": 10_000, "walker-stand": 10_000}
+    assert len(mt.tasks) == 3 * MULTITASK_ROUNDS and mt.name == "cl3-short-mt"
+    assert stream_with_overrides("cl3-short-mt") == get_stream("cl3-short-mt")
+    monkeypatch.setenv("GSA_STREAMS_DIR", str(tmp_path))
+    (tmp_path / "mine.toml").write_text('name = "mine"\n[[tasks]]\nname = "cartpole-balance"\nframes = 500\n'
+                                        '[[tasks]]\nname = "walker-stand"\nframes = 1000\n')
+    mine = stream_with_overrides("mine-mt", eval_episodes=2)
+    assert mine.name == "mine-mt" and mine.eval.episodes == 2 and mine.total_frames == 1500
+    with pytest.raises(HarnessError, match="unknown stream 'nothing-mt'"):
+        stream_with_overrides("nothing-mt")

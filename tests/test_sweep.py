@@ -205,3 +205,53 @@ def test_tracking_server_command_serves_runs(mlflow_uri, tmp_path):
         proc.wait(30)
     assert len(MlflowClient(mlflow_uri).search_runs(
         [MlflowClient(mlflow_uri).get_experiment_by_name("served").experiment_id])) == 1
+
+
+def test_sigterm_to_the_driver_stops_its_jobs_and_a_rerun_continues_them(mlflow_uri, tmp_path):
+    """A scheduler's SIGTERM (or Ctrl-C) to `sweep` stops it: no job is retried or started, the running jobs
+    end KILLED (not RUNNING forever, not resumed behind the user's back), the driver exits non-zero, and the
+    same command run again continues them."""
+    import subprocess
+    import sys
+    argv = [sys.executable, cli.__file__, "sweep", "run", "quick", "--methods", "random", "--seeds", "0,1",
+            "--name", "stop-test", "--obs", "proprio", "--render-quality", "fast", "--frames-per-task", "100000",
+            "--eval-every", "100000", "--eval-episodes", "1", "--video-frames", "0", "--runs-dir", str(tmp_path / "runs"),
+            "--concurrency", "2", "--cpus-per-job", "1"]
+    driver = subprocess.Popen(argv, env=os.environ | {"MLFLOW_TRACKING_URI": mlflow_uri}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    client = MlflowClient(mlflow_uri)
+    pids: list[int] = []
+    deadline = time.monotonic() + 240
+    while len(pids) < 2 and time.monotonic() < deadline and driver.poll() is None:
+        pids = [int(client.get_run(r.info.run_id).data.tags["heartbeat.pid"]) for r in _parents(mlflow_uri, "stop-test")
+                if r.info.status == "RUNNING" and "heartbeat.pid" in client.get_run(r.info.run_id).data.tags]
+        time.sleep(0.5)
+    assert len(pids) == 2, driver.communicate()[0] if driver.poll() is not None else "jobs did not start"
+    driver.send_signal(signal.SIGTERM)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode != 0, out
+    assert "Traceback" not in out, out
+    for pid in pids:   # the job processes are gone, not left behind nor restarted
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    parents = _parents(mlflow_uri, "stop-test")
+    assert len(parents) == 2 and {r.info.status for r in parents} == {"KILLED"}, [r.info.status for r in parents]
+    # The same command again continues both runs (its --dry-run says what it would do).
+    again = subprocess.run(argv + ["--dry-run"], env=os.environ | {"MLFLOW_TRACKING_URI": mlflow_uri}, text=True,
+                           capture_output=True, cwd=tmp_path, check=True).stdout
+    assert sorted(line.split("' resume ")[1].strip() for line in again.splitlines() if "' resume " in line) == \
+        sorted(r.info.run_id for r in parents), again
+
+
+def test_ft_reference_is_a_run_option_with_its_flag_and_checked():
+    """`--ft-reference METHOD` travels from the sweep to the run-stream command and into the run's config."""
+    from harness.launch import RunOptions
+    o = RunOptions(stream="cl3-short", method="ewc", preset="debug", obs="proprio", ft_reference="drqv2")
+    argv = o.argv()
+    assert argv[argv.index("--ft-reference") + 1] == "drqv2"
+    assert o.to_config().ft_reference_method == "drqv2"
+    with pytest.raises(HarnessError, match="unknown method 'nope'"):
+        RunOptions(stream="cl3-short", method="ewc", ft_reference="nope").to_config()
+    spec = SweepSpec(("cl3-short",), ("ewc",), (0,), {"ft_reference": "drqv2", "preset": "debug"})
+    (job,) = expand(spec)
+    assert job.options.ft_reference == "drqv2"

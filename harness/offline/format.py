@@ -50,6 +50,7 @@ class EpisodeMeta:
     seed: int | None      # env seed of the collecting run
     source: str           # shard name, or the ncrl file path relative to the dataset root
     offset: int           # first row in the shard (0 for ncrl files)
+    provenance: dict[str, Any] | None = None   # how a learning source policy made it (collect's explorers)
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:

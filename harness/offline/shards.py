@@ -106,7 +106,8 @@ class DatasetWriter:
 
     # ---------------------------------------------------------------- episodes
     def add_episode(self, episode: dict[str, np.ndarray], *, embodiment: str, task: str, policy: str,
-                    noise: float | None, action_dim: int, seed: int | None = None) -> EpisodeMeta:
+                    noise: float | None, action_dim: int, seed: int | None = None,
+                    provenance: dict[str, Any] | None = None) -> EpisodeMeta:
         """Append one complete episode: obs keys, ``action`` (T, A) padded, ``is_first``/``is_last``/``is_terminal``."""
         missing = [k for k in self.schema if k not in episode]
         if missing:
@@ -130,7 +131,8 @@ class DatasetWriter:
             w.append(np.asarray(episode[k]))
         meta = EpisodeMeta(uid=uuid.uuid4().hex, embodiment=embodiment, task=task, policy=policy,
                            noise=None if noise is None else float(noise), action_dim=int(action_dim), length=t,
-                           seed=None if seed is None else int(seed), source=self._dir.name[:-4], offset=self._rows)
+                           seed=None if seed is None else int(seed), source=self._dir.name[:-4], offset=self._rows,
+                           provenance=provenance)
         self._episodes.append(asdict(meta))
         self._rows += t
         if self._rows >= self.shard_steps:

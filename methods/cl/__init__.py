@@ -3,6 +3,7 @@ shared base learners (registered in ``methods/__init__.py``):
 
 | method | module | idea (CW's tuned setting) | bases |
 |---|---|---|---|
+| ``finetune`` | regularizers.py | the multi-head learner alone (CW's fine-tuning): the others' control | drqv2, dreamer |
 | ``l2`` | regularizers.py | penalty towards the previous tasks' weights (strength 1e5) | drqv2, dreamer |
 | ``ewc`` | regularizers.py | the same, weighted by the policy's diagonal Fisher, summed over tasks (1e4) | drqv2, dreamer |
 | ``mas`` | regularizers.py | the same, weighted by the outputs' sensitivity (1e4) | drqv2, dreamer |

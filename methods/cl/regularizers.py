@@ -88,6 +88,11 @@ class MASConfig(RegularizerConfig):
     strength: float = ranged(1e4, ge=0)  # CW paper_cl_experiments.sh (CW20): --cl_method=mas --cl_reg_coef=1e4
 
 
+@dataclass(frozen=True)
+class FineTuneConfig(RegularizerConfig):
+    strength: float = ranged(0.0, ge=0, le=0)  # CW "Fine-tuning": the multi-head learner with no penalty
+
+
 def base_presets() -> dict[str, dict[str, Any]]:
     """Each preset of DrQ-v2 and Dreamer under the same name (debug, tiny, small, paper)."""
     return {name: {"base_config": DrQV2Config(**DRQ_PRESETS[name]),
@@ -347,3 +352,6 @@ def _builder(kind: str) -> Any:
 SPEC_L2 = MethodSpec(L2Config, _builder("l2"), presets=PRESETS)
 SPEC_EWC = MethodSpec(EWCConfig, _builder("ewc"), presets=PRESETS)
 SPEC_MAS = MethodSpec(MASConfig, _builder("mas"), presets=PRESETS)
+# CW's fine-tuning baseline: the same learner and heads, nothing against forgetting (L2's code at strength 0,
+# so it is the l2/ewc/mas runs' exact control).
+SPEC_FINETUNE = MethodSpec(FineTuneConfig, _builder("l2"), presets=PRESETS)

@@ -1,0 +1,134 @@
+"""What offline datasets hold: state coverage per embodiment, compared on equal numbers of states.
+
+    .venv/bin/python benchmarks/bench_data_coverage.py LABEL=DATASET [LABEL=DATASET ...] [--states 20000]
+
+For each embodiment present in every dataset, the same number of stored states is drawn from each
+(``--states``, uniformly over their steps, fixed seed) and measured in one frame, the pooled states
+standardised per dimension:
+- **cells**: occupied cells of a 10-bin grid over the pooled states' top 3 principal components (of 1,000),
+  and the entropy (nats) of the visits over them: how much of the reachable state space the data spans;
+- **kNN entropy**: the mean log distance to the 12th nearest neighbour among the dataset's own states
+  (faiss, exact L2), the particle estimator APT (Liu & Abbeel 2021) maximises, up to constants: higher is
+  more spread out;
+- **range**: per state dimension, the share of the pooled 1st-99th percentile range the dataset reaches,
+  averaged over dimensions;
+- **action spread**: the std of the stored actions over the embodiment's action dims (uniform random: 0.58).
+Writes ``benchmarks/results/data_coverage.json`` and ``.md`` (``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GRID_BINS, GRID_DIMS, KNN_K = 10, 3, 12
+
+
+def sample_states(path: str, embodiment: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(n, state dims) states and (n, action dims) actions of ``embodiment`` drawn uniformly over the dataset's
+    stored steps, and what the dataset holds of it (episodes, steps, policies)."""
+    from harness.offline import open_dataset
+    from tasks.catalog import TASKS
+    ds = open_dataset(path, ["proprio"])
+    eps = [i for i, m in enumerate(ds.episodes) if m.embodiment == embodiment]
+    dim = TASKS.get(ds.episodes[eps[0]].task).proprio_dim   # the embodiment's own dims (datasets pad differently)
+    lengths = np.array([ds.episodes[i].length for i in eps])
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(lengths.sum(), size=min(n, int(lengths.sum())), replace=False)
+    owner = np.searchsorted(np.cumsum(lengths), pick, side="right")
+    states, actions = [], []
+    adim = ds.episodes[eps[0]].action_dim
+    for k in np.unique(owner):
+        ep = ds.episode(eps[k])
+        rows = pick[owner == k] - (lengths[:k].sum() if k else 0)
+        states.append(ep["proprio"][rows, :dim])
+        acts = ep["action"][rows[rows < len(ep["action"]) - 1], :adim]   # the last step's action is padding
+        actions.append(acts)
+    policies: dict[str, int] = {}
+    for i in eps:
+        label = ds.episodes[i].policy + ("" if ds.episodes[i].noise is None else f"-{ds.episodes[i].noise:g}")
+        policies[label] = policies.get(label, 0) + 1
+    info = {"episodes": len(eps), "stored_steps": int(lengths.sum()), "policies": policies}
+    ds.close()
+    return np.concatenate(states).astype(np.float64), np.concatenate(actions), info
+
+
+def knn_entropy(x: np.ndarray, k: int = KNN_K) -> float:
+    import faiss
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    index = faiss.IndexFlatL2(xs.shape[1])
+    index.add(xs)
+    dist, _ = index.search(xs, k + 1)          # the first neighbour is the point itself
+    return float(np.mean(np.log(np.sqrt(np.maximum(dist[:, k], 1e-12)))))
+
+
+def measure(states: dict[str, np.ndarray], actions: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    pooled = np.concatenate(list(states.values()))
+    keep = pooled.std(0) > 1e-8                   # padded or constant dims carry nothing
+    mu, sd = pooled[:, keep].mean(0), pooled[:, keep].std(0)
+    z = {k: (v[:, keep] - mu) / sd for k, v in states.items()}
+    zp = np.concatenate(list(z.values()))
+    _, _, vt = np.linalg.svd(zp - zp.mean(0), full_matrices=False)
+    proj = {k: v @ vt[:GRID_DIMS].T for k, v in z.items()}
+    pp = np.concatenate(list(proj.values()))
+    edges = [np.quantile(pp[:, d], np.linspace(0, 1, GRID_BINS + 1)[1:-1]) for d in range(GRID_DIMS)]
+    lo, hi = np.percentile(zp, 1, axis=0), np.percentile(zp, 99, axis=0)
+    out = {}
+    for k in states:
+        cells = np.stack([np.searchsorted(edges[d], proj[k][:, d]) for d in range(GRID_DIMS)], 1)
+        ids = (cells * GRID_BINS ** np.arange(GRID_DIMS)).sum(1)
+        _, counts = np.unique(ids, return_counts=True)
+        p = counts / counts.sum()
+        reach = (np.minimum(np.percentile(z[k], 99, axis=0), hi) - np.maximum(np.percentile(z[k], 1, axis=0), lo))
+        out[k] = {"cells": int(len(counts)), "cell_entropy": float(-(p * np.log(p)).sum()),
+                  "knn_entropy": knn_entropy(z[k]), "range_share": float(np.mean(np.clip(reach / (hi - lo), 0, 1))),
+                  "action_spread": float(actions[k].std(0).mean())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("datasets", nargs="+", metavar="LABEL=DATASET")
+    ap.add_argument("--states", type=int, default=20_000, help="states drawn from each dataset per embodiment")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data_coverage"))
+    a = ap.parse_args()
+    from harness.offline import open_dataset
+    named = dict(d.split("=", 1) for d in a.datasets)
+    embodiments = None
+    for path in named.values():
+        ds = open_dataset(path, ["proprio"])
+        have = {m.embodiment for m in ds.episodes}
+        ds.close()
+        embodiments = have if embodiments is None else embodiments & have
+    result = {"states_per_dataset": a.states, "datasets": named, "embodiments": {}}
+    lines = [f"State coverage on equal samples ({a.states:,} states per dataset and embodiment; "
+             f"`benchmarks/bench_data_coverage.py`)", "",
+             "| embodiment | dataset | episodes | policies | cells (of 1000) | cell entropy | kNN entropy | range share "
+             "| action spread |", "|---|---|---|---|---|---|---|---|---|"]
+    for emb in sorted(embodiments or ()):
+        states, actions, infos = {}, {}, {}
+        for label, path in named.items():
+            states[label], actions[label], infos[label] = sample_states(path, emb, a.states)
+        n = min(len(v) for v in states.values())
+        states = {k: v[:n] for k, v in states.items()}
+        m = measure(states, actions)
+        result["embodiments"][emb] = {k: m[k] | infos[k] | {"states": n} for k in m}
+        for k in m:
+            pol = ", ".join(f"{p} x{c}" for p, c in sorted(infos[k]["policies"].items()))
+            lines.append(f"| {emb} | {k} | {infos[k]['episodes']} | {pol} | {m[k]['cells']} | {m[k]['cell_entropy']:.2f} "
+                         f"| {m[k]['knn_entropy']:.2f} | {m[k]['range_share']:.2f} | {m[k]['action_spread']:.2f} |")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""GSA's evidence at CPU scale: purposeful non-curated data, GSA vs Dreamer and the paper's Fig. 6 ablations.
+
+    .venv/bin/python benchmarks/bench_gsa_evidence.py                 # prepare, run (or continue), summarise
+    .venv/bin/python benchmarks/bench_gsa_evidence.py --summary-only  # the table from what has finished
+
+A long benchmark (about 40 CPU-minutes per learning run here, 30 of them), built to be stopped at any time
+and run again: every stage is skipped or continued from what is on disk and in MLflow.
+1. **Data** (``work/data``, proprio, padded to 39-d states and 6-d actions): Meta-World's scripted experts with
+   the paper's Gaussian noise sigma in {0.1, 0.3, 0.5, 1.0, 2.0} on the CW10 tasks and the Meta-World evidence
+   tasks (``--mw-episodes`` per task and sigma), and for each DMC evidence task's embodiment every episode of
+   URLB's ICM agent learning from curiosity alone (``--icm-episodes``; ``cli.py collect --policies icm``). No
+   reward is stored. If the ICM collection was stopped, the missing episodes are collected by a new explorer.
+2. **Pre-training** a ``tiny`` world model on it (``--pretrain-steps``, resumed if stopped) and the retrieval
+   index.
+3. **The sweep** ``gsa-evidence`` (``cli.py sweep``'s API): each evidence task alone for ``--frames`` env
+   frames, methods gsa, gsa-p, gsa-p-er, gsa-p-g (Fig. 6), dreamer, random, 3 seeds, seed-major; gsa's
+   guidance schedule gets the paper's share of the task (``jobs.guidance_sets``).
+4. **The report** (``benchmarks/results/gsa_evidence.{md,json,png}``): per task and method the seeds' final
+   scores and AUC (mean of the evaluation scores) with 95% bootstrap CIs, gsa - dreamer with the CI of the
+   difference, the BC share of gsa's steps, whether the ablations are ordered as Fig. 6, the commit and the
+   sweep id. Cells with fewer than 3 seeds are marked: the report says how far the sweep has come.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "benchmarks" / "results"
+
+from benchmarks.bench_gsa import method_overrides, stream_file  # noqa: E402
+from benchmarks.jobs import guidance_sets, run_jobs, run_stream_options  # noqa: E402
+
+METHODS = "gsa,gsa-p,gsa-p-er,gsa-p-g,dreamer,random"
+SWEEP = "gsa-evidence"
+PROPRIO_PAD, ACTION_PAD = 39, 6           # Meta-World's 39-d state; the walker's and cheetah's 6 actions
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], check=True)
+
+
+def prepare(work: Path, tasks: list[str], a: argparse.Namespace) -> Path:
+    """The dataset and the pre-trained model (+ index); each stage skipped or continued when on disk."""
+    from harness.offline import MANIFEST_FILE, open_dataset
+    from tasks.catalog import TASKS
+    data, pre = work / "data", work / "pretrained"
+    mw = [t for t in tasks if TASKS.get(t).suite == "metaworld"]
+    dmc = [t for t in tasks if TASKS.get(t).suite == "dmc"]
+    common = ["--obs", "proprio", "--render-quality", "fast", "--proprio-pad-dim", str(PROPRIO_PAD),
+              "--action-pad-dim", str(ACTION_PAD)]
+
+    def have(policy: str, **meta: str) -> int:
+        if not (data / MANIFEST_FILE).is_file():
+            return 0
+        with open_dataset(data, ["proprio"]) as ds:
+            return sum(1 for m in ds.episodes if m.policy == policy and all(getattr(m, k) == v for k, v in meta.items()))
+
+    def collect(*args: str) -> None:
+        cli("collect", str(data), *(["--append"] if (data / MANIFEST_FILE).is_file() else []), *args, *common)
+
+    from harness.collect import PAPER_NOISE, expand_tasks
+    for task in expand_tasks(["stream:cw10", *mw]):       # the paper's noisy experts, every sigma
+        if have("expert", task=task) < len(PAPER_NOISE) * a.mw_episodes:
+            collect("--tasks", task, "--episodes", str(a.mw_episodes))
+    for task in dmc:                                      # URLB's ICM agent, every episode of its training
+        n = have("icm", embodiment=TASKS.get(task).embodiment)
+        if n < a.icm_episodes:
+            print(f"ICM on {task}: {n} of {a.icm_episodes} episodes there; collecting the rest", flush=True)
+            collect("--tasks", task, "--policies", "icm", "--episodes", str(a.icm_episodes - n), "--seed", str(n))
+    if not (pre / "pretrain.json").is_file():
+        cli("pretrain", "--data", str(data), "--preset", a.preset, "--obs", "proprio", "--steps", str(a.pretrain_steps),
+            "--out", str(pre), "--threads", str(a.pretrain_threads), "--build-index")
+    elif not (pre / "index" / "index.json").is_file():
+        from methods.backbone.checkpoint import load
+        done = int(load(pre / "checkpoint.pt")["grad_updates"])
+        if done < a.pretrain_steps:
+            cli("pretrain", "--resume", str(pre), "--threads", str(a.pretrain_threads), "--build-index")
+        else:
+            cli("build-index", str(pre))
+    return pre
+
+
+def bootstrap_ci(x: np.ndarray, reps: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    x = np.asarray(x, float)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    means = np.random.default_rng(seed).choice(x, (reps, len(x))).mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def diff_ci(a: np.ndarray, b: np.ndarray, reps: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap CI of mean(a) - mean(b), seeds resampled within each method."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    d = rng.choice(a, (reps, len(a))).mean(1) - rng.choice(b, (reps, len(b))).mean(1)
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: int, a: argparse.Namespace) -> dict:
+    from harness.provenance import git_commit
+    from harness.reporting import MlflowReporter
+    from harness.sweep import find_runs
+    client = MlflowReporter().client
+    runs = [r for r in find_runs(client, SWEEP).values() if r.info.status == "FINISHED"]
+    cells: dict[str, dict[str, dict]] = {t: {} for t in tasks}
+    curves: dict[str, dict[str, list]] = {t: {} for t in tasks}
+    for r in runs:
+        task, m, seed = r.data.tags.get("tasks"), r.data.tags.get("method"), int(r.data.tags.get("seed", -1))
+        if task not in cells or m not in methods or seed not in seeds or r.data.params.get("stream.tasks", "").count(
+                f"'frames': {frames}") != 1:
+            continue
+        hist = client.get_metric_history(r.info.run_id, f"eval/0-{task}/score")
+        curve = sorted({int(h.step): float(h.value) for h in hist}.items())
+        c = cells[task].setdefault(m, {"seeds": [], "final": [], "auc": [], "bc_share": [], "run_ids": []})
+        c["seeds"].append(seed)
+        c["final"].append(float(r.data.metrics[f"final/0-{task}"]))
+        c["auc"].append(float(np.mean([v for _, v in curve])) if curve else float("nan"))
+        c["run_ids"].append(r.info.run_id)
+        child = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")
+        share = [ch.data.metrics["task_end/bc_share"] for ch in child if "task_end/bc_share" in ch.data.metrics]
+        if share:
+            c["bc_share"].append(float(share[0]))
+        curves[task].setdefault(m, []).append(curve)
+    out = {"sweep": SWEEP, "commit": git_commit(), "frames_per_task": frames, "preset": a.preset, "obs": "proprio",
+           "seeds_planned": seeds, "methods": methods, "tasks": {}}
+    for t in tasks:
+        entry: dict = {"methods": {}}
+        for m, c in sorted(cells[t].items()):
+            f, u = np.array(c["final"]), np.array(c["auc"])
+            entry["methods"][m] = {"seeds": c["seeds"], "final": c["final"], "final_mean": float(f.mean()),
+                                   "final_ci": bootstrap_ci(f), "auc": c["auc"], "auc_mean": float(np.nanmean(u)),
+                                   "auc_ci": bootstrap_ci(u), "run_ids": c["run_ids"]}
+            if c["bc_share"]:
+                entry["methods"][m]["bc_share_mean"] = float(np.mean(c["bc_share"]))
+        g, d = cells[t].get("gsa"), cells[t].get("dreamer")
+        if g and d:
+            lo, hi = diff_ci(np.array(g["final"]), np.array(d["final"]))
+            entry["gsa_minus_dreamer"] = {"mean": float(np.mean(g["final"]) - np.mean(d["final"])), "ci_low": lo,
+                                          "ci_high": hi, "seeds": [len(g["final"]), len(d["final"])]}
+        means = {m: v["final_mean"] for m, v in entry["methods"].items()}
+        if all(k in means for k in ("gsa", "gsa-p-er", "gsa-p-g", "gsa-p")):
+            entry["fig6_order"] = {"P+ER+G >= P+ER": means["gsa"] >= means["gsa-p-er"],
+                                   "P+G >= P": means["gsa-p-g"] >= means["gsa-p"]}
+        out["tasks"][t] = entry
+    write(out, curves, tasks, methods, seeds)
+    return out
+
+
+def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: list[int]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "gsa_evidence.json").write_text(json.dumps(out, indent=1))
+    lines = [f"GSA evidence (sweep `{out['sweep']}`, commit {out['commit'][:12]}): {out['frames_per_task']:,} env frames "
+             f"per task, proprio, preset {out['preset']}; score 0-100 (DMC return / 10, Meta-World success x 100), "
+             "mean [95% bootstrap CI] over seeds (n = seeds finished).", "",
+             "| task | method | n | final | AUC | BC share of steps |", "|---|---|---|---|---|---|"]
+    for t in tasks:
+        for m in methods:
+            v = out["tasks"][t]["methods"].get(m)
+            if v is None:
+                lines.append(f"| {t} | {m} | 0 | not run yet | | |")
+                continue
+            fl, fh = v["final_ci"]
+            al, ah = v["auc_ci"]
+            share = f"{v['bc_share_mean']:.2f}" if "bc_share_mean" in v else ""
+            lines.append(f"| {t} | {m} | {len(v['seeds'])} | {v['final_mean']:.1f} [{fl:.1f}, {fh:.1f}] | "
+                         f"{v['auc_mean']:.1f} [{al:.1f}, {ah:.1f}] | {share} |")
+        d = out["tasks"][t].get("gsa_minus_dreamer")
+        if d:
+            lines.append(f"| {t} | **gsa - dreamer** | {d['seeds']} | **{d['mean']:+.1f}** [{d['ci_low']:+.1f}, "
+                         f"{d['ci_high']:+.1f}] | | |")
+    done = sum(len(v["seeds"]) for t in tasks for v in out["tasks"][t]["methods"].values())
+    lines += ["", f"{done} of {len(tasks) * len(methods) * len(seeds)} runs finished. Run "
+                  "`benchmarks/bench_gsa_evidence.py` again to continue the sweep; this report is rewritten."]
+    (OUT / "gsa_evidence.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), dpi=110, squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        for i, m in enumerate(methods):
+            cs = curves[t].get(m, [])
+            if not cs:
+                continue
+            steps = sorted({s for c in cs for s, _ in c})
+            vals = np.array([[dict(c).get(s, np.nan) for s in steps] for c in cs])
+            ax.plot(steps, np.nanmean(vals, 0), color=f"C{i}", lw=2, label=f"{m} (n={len(cs)})")
+            if len(cs) > 1:
+                ax.fill_between(steps, np.nanmin(vals, 0), np.nanmax(vals, 0), color=f"C{i}", alpha=0.12)
+        ax.set_title(t)
+        ax.set_xlabel("env frames")
+        ax.set_ylabel("score (0-100)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "gsa_evidence.png")
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="walker-walk,push-v3")
+    ap.add_argument("--methods", default=METHODS)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--frames", type=int, default=20_000, help="env frames per run")
+    ap.add_argument("--eval-every", type=int, default=2_500)
+    ap.add_argument("--eval-episodes", type=int, default=5)
+    ap.add_argument("--mw-episodes", type=int, default=10, help="expert episodes per Meta-World task and sigma")
+    ap.add_argument("--icm-episodes", type=int, default=100, help="ICM episodes per DMC embodiment (100k frames)")
+    ap.add_argument("--pretrain-steps", type=int, default=5_000)
+    ap.add_argument("--pretrain-threads", type=int, default=1)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "evidence"))
+    ap.add_argument("--prepare-only", action="store_true")
+    ap.add_argument("--summary-only", action="store_true")
+    a = ap.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    tasks, methods, seeds = a.tasks.split(","), a.methods.split(","), [int(s) for s in a.seeds.split(",")]
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    if not a.summary_only:
+        pre = prepare(work, tasks, a)
+        if a.prepare_only:
+            return
+        streams = {t: stream_file(t, a.frames, a.eval_every, a.eval_episodes, work)[1] for t in tasks}
+        jobs = [(f"{m}-{t}-seed{s}", run_stream_options(streams[t], m, s, preset=a.preset,
+                                                         sets=method_overrides(m, [], guidance_sets(a.frames)),
+                                                         pretrained=pre, runs_dir=work / "runs"))
+                for s in seeds for t in tasks for m in methods]
+        print(f"{len(jobs)} runs in sweep {SWEEP}, {a.parallel} at once", flush=True)
+        run_jobs(jobs, SWEEP, a.parallel, work / "logs", echo=lambda line: print(line, flush=True))
+    summarize(tasks, methods, seeds, a.frames, a)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.offline.format import FLAG_KEYS, OBS_KEYS, DamagedData, EpisodeMeta
-from harness.offline.store import _Store
+from harness.offline.store import _WholeEpisodeStore
 
 PREFIX = "minari:"
 _CHUNK = 32                    # episodes handed to Minari per write
@@ -218,13 +217,13 @@ def _obs_layout(space: Any, dataset_id: str) -> dict[str, tuple[tuple[int, ...],
     return dict([one(space, None)])
 
 
-class _MinariStore(_Store):
+class _MinariStore(_WholeEpisodeStore):
     """A Minari dataset as a store; episodes are decoded whole and cached (LRU by bytes)."""
     format = "minari"
 
     def __init__(self, dataset_id: str, obs_keys: Sequence[str] | str | None, action_pad_dim: int | None,
                  cache_bytes: int, on_damage: Callable[[str], None] | None = None):
-        super().__init__(on_damage)
+        super().__init__(cache_bytes, on_damage)
         import minari
         from gymnasium import spaces
 
@@ -277,17 +276,9 @@ class _MinariStore(_Store):
             self.uid_to_id[em.uid] = len(self.episodes)
             self.episodes.append(em)
             self.episode_index.append(i)
-        self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._cached = 0
         self.opened()
 
-    def _load(self, ep: int) -> dict[str, np.ndarray]:
-        with self._lock:
-            hit = self._cache.get(ep)
-            if hit is not None:
-                self._cache.move_to_end(ep)
-                return hit
+    def _decode(self, ep: int) -> dict[str, np.ndarray]:
         meta = self.episodes[ep]
         try:
             raw = next(iter(self.dataset.storage.get_episodes([self.episode_index[ep]])))
@@ -313,18 +304,7 @@ class _MinariStore(_Store):
         flags[0, 0] = flags[1, -1] = True
         flags[2, -1] = bool(np.asarray(raw["terminations"])[-1])
         out.update(zip(FLAG_KEYS, flags))
-        size = sum(v.nbytes for v in out.values())
-        with self._lock:
-            self._cache[ep] = out
-            self._cached += size
-            while self._cached > self.cache_bytes and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached -= sum(v.nbytes for v in old.values())
         return out
-
-    def read(self, ep: int, a: int, b: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        episode = self._load(ep)
-        return {k: episode[k][a:b] for k in keys}
 
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
@@ -335,9 +315,4 @@ class _MinariStore(_Store):
     def checksums(self) -> str:
         return "none"
 
-    def close(self) -> None:
-        with self._lock:
-            self._cache.clear()
-            self._cached = 0
-        super().close()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,7 +19,7 @@ import numpy as np
 from harness.errors import HarnessError
 from harness.offline.columns import _read_npy_header
 from harness.offline.format import NCRL_NAME, DamagedData, EpisodeMeta
-from harness.offline.store import _Store
+from harness.offline.store import _WholeEpisodeStore
 
 
 def _npz_member_prefix(path: Path, key: str, rows: int) -> tuple[tuple[int, ...], np.dtype, np.ndarray | None]:
@@ -38,13 +37,13 @@ def _npz_member_prefix(path: Path, key: str, rows: int) -> tuple[tuple[int, ...]
     return shape, dtype, np.frombuffer(raw, dtype).reshape(n, *shape[1:])
 
 
-class _NcrlStore(_Store):
+class _NcrlStore(_WholeEpisodeStore):
     """The paper code's layout: one compressed .npz per episode. Decoded episodes are cached (LRU by bytes)."""
     format = "ncrl"
 
     def __init__(self, root: Path, obs_keys: Sequence[str], action_pad_dim: int | None, cache_bytes: int,
                  on_damage: Callable[[str], None] | None = None):
-        super().__init__(on_damage)
+        super().__init__(cache_bytes, on_damage)
         from tasks.catalog import DMC_DOMAINS, METAWORLD_ACTION_DIM, METAWORLD_TASKS
         self.root = root
         if set(obs_keys) - {"pixels"}:
@@ -96,9 +95,6 @@ class _NcrlStore(_Store):
         self.action_pad_dim = int(action_pad_dim or needed)
         self.episodes = metas
         self.uid_to_id = {e.uid: i for i, e in enumerate(metas)}
-        self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._cached = 0
         self.opened()
 
     def _probe(self, folder: Path, files: list[Path]) -> tuple[int, tuple[int, ...]]:
@@ -116,12 +112,7 @@ class _NcrlStore(_Store):
     def _path(self, ep: int) -> Path:
         return self.root / self.episodes[ep].source
 
-    def _load(self, ep: int) -> dict[str, np.ndarray]:
-        with self._lock:
-            hit = self._cache.get(ep)
-            if hit is not None:
-                self._cache.move_to_end(ep)
-                return hit
+    def _decode(self, ep: int) -> dict[str, np.ndarray]:
         meta, path = self.episodes[ep], self._path(ep)
         try:
             # np.load(path) leaves its file open when the zip is unreadable: open (and close) it here.
@@ -141,18 +132,7 @@ class _NcrlStore(_Store):
         flags[0, 0] = flags[1, -1] = True
         flags[2, -1] = float(np.asarray(disc).reshape(-1)[-1]) == 0.0
         out = {"pixels": obs, "action": action, "is_first": flags[0], "is_last": flags[1], "is_terminal": flags[2]}
-        size = sum(v.nbytes for v in out.values())
-        with self._lock:
-            self._cache[ep] = out
-            self._cached += size
-            while self._cached > self.cache_bytes and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached -= sum(v.nbytes for v in old.values())
         return out
-
-    def read(self, ep: int, a: int, b: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        full = self._load(ep)
-        return {k: full[k][a:b] for k in keys}
 
     def first(self, ep: int) -> np.ndarray:
         """The first observation without decompressing the whole episode."""
@@ -175,9 +155,4 @@ class _NcrlStore(_Store):
     def checksums(self) -> str:
         return "zip crc32 per file"
 
-    def close(self) -> None:
-        with self._lock:
-            self._cache.clear()
-            self._cached = 0
-        super().close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -93,3 +94,44 @@ class _Store:
 
     def close(self) -> None:
         pass
+
+
+class _WholeEpisodeStore(_Store):
+    """A store that decodes whole episodes at a time (ncrl's npz files, Minari's storage): the decoded
+    episodes are kept in an LRU cache of up to ``cache_bytes``; a subclass gives ``_decode(ep)``."""
+
+    def __init__(self, cache_bytes: int, on_damage: Callable[[str], None] | None = None) -> None:
+        super().__init__(on_damage)
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._cached = 0
+
+    def _decode(self, ep: int) -> dict[str, np.ndarray]:
+        """Every stored key of episode ``ep`` in the replay's convention; DamagedData when unreadable."""
+        raise NotImplementedError
+
+    def _load(self, ep: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            hit = self._cache.get(ep)
+            if hit is not None:
+                self._cache.move_to_end(ep)
+                return hit
+        out = self._decode(ep)
+        size = sum(v.nbytes for v in out.values())
+        with self._lock:
+            self._cache[ep] = out
+            self._cached += size
+            while self._cached > self.cache_bytes and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= sum(v.nbytes for v in old.values())
+        return out
+
+    def read(self, ep: int, a: int, b: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        full = self._load(ep)
+        return {k: full[k][a:b] for k in keys}
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._cached = 0
+        super().close()

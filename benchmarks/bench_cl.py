@@ -12,8 +12,9 @@ One sweep (``cli.py sweep``'s API: killed runs are resumed, finished ones skippe
 3. the multi-task reference: ``multitask`` on ``<stream>-mt`` (the same tasks and budget per task, all learnt
    at once), which ``compare`` puts last in the table.
 Then ``cli.py compare`` (average performance, forgetting, forward transfer with 90% CIs, IQM and optimality
-gap with 95% CIs, curves, R matrices), and ``cl_baselines.json`` / ``.md`` with every run's R matrix, the
-commit and the sweep id under ``--out``.
+gap with 95% CIs, curves, R matrices), ``cl_baselines.json`` / ``.md`` with every run's R matrix, the
+commit and the sweep id under ``--out``, and the runs as reference results users can hold theirs against
+(``benchmarks/results/reference/<stream>.json``: ``cli.py compare <stream> --reference <stream>``).
 
 Budgets: ``cl3-short`` is 3 x 15k env frames, proprio, ``tiny`` presets, 1 thread per run, 2 runs at once:
 about 5 min per run here, 36 runs.
@@ -121,8 +122,10 @@ def main() -> None:
         if failed:
             print(f"not finished: {', '.join(failed)} (logs in {work / 'logs'}); comparing the others", flush=True)
     out.mkdir(parents=True, exist_ok=True)
+    reference = ROOT / "benchmarks" / "results" / "reference" / f"{a.stream}.json"   # shipped: compare --reference
     rc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "compare", a.stream, "--methods", ",".join(methods),
-                         "--seeds", a.seeds, "--sweep", sweep, "--out", str(out)]).returncode
+                         "--seeds", a.seeds, "--sweep", sweep, "--out", str(out), "--save-reference",
+                         str(reference)]).returncode
     if rc != 0:
         raise SystemExit(rc)
     write_results(a.stream, sweep, out, methods, seeds)

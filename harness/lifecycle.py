@@ -41,12 +41,39 @@ class Terminated(KeyboardInterrupt):
     run is closed KILLED with its resume hint instead of being left RUNNING."""
 
 
+class _Sigterm:
+    """Whether SIGTERM is deferred now (inside a training loop that checkpoints on it) and whether one came."""
+    deferring = 0
+    requested = False
+
+
 def handle_sigterm() -> None:
-    """Install at a command's entry (never at import): SIGTERM -> :class:`Terminated`."""
+    """Install at a command's entry (never at import): SIGTERM -> :class:`Terminated`; inside
+    :func:`sigterm_checkpoints`, the first SIGTERM only asks the loop to save a checkpoint and stop."""
     def _raise(signum: int, frame: Any) -> None:
+        if _Sigterm.deferring and not _Sigterm.requested:
+            _Sigterm.requested = True      # the loop saves its checkpoint at the end of this step, then stops
+            return
         raise Terminated(f"signal {signum}")
     with contextlib.suppress(ValueError):   # not the main thread: leave the default
         signal.signal(signal.SIGTERM, _raise)
+
+
+@contextlib.contextmanager
+def sigterm_checkpoints() -> Iterator[Callable[[], bool]]:
+    """Around a run's training: a SIGTERM (a scheduler's preemption, a sweep being stopped) no longer raises at
+    once; the run asks the yielded ``stop_requested()`` where a checkpoint can be written (the end of a
+    training step, a task boundary), saves it there and raises :class:`Terminated`, so the work since the last
+    periodic checkpoint is kept. A second SIGTERM raises at once; one that came and was not acted on when the
+    block ends raises there."""
+    _Sigterm.deferring += 1
+    try:
+        yield lambda: _Sigterm.requested
+    finally:
+        _Sigterm.deferring -= 1
+        requested, _Sigterm.requested = _Sigterm.requested, False
+    if requested:
+        raise Terminated("signal 15")
 
 
 # ----------------------------------------------------------------------------- validation helpers

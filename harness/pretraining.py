@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from harness import checkpoint
 from harness.errors import HarnessError
-from harness.lifecycle import RunLock, check_writable_dir, guarded
+from harness.lifecycle import RunLock, Terminated, check_writable_dir, guarded, sigterm_checkpoints
 from harness.offline import open_dataset
 from harness.provenance import git_commit, resolve_device, versions
 from harness.reporting import MlflowReporter, flatten
@@ -100,7 +100,10 @@ def pretrain(data: str | Path, cfg: PretrainConfig, *, preset: str = "paper", ou
 
 def _train(trainer: Trainer, info: dict[str, Any], out_dir: Path, rep: MlflowReporter,
            echo: Callable[[str], None]) -> PretrainResult:
-    metrics = trainer.train()
+    with sigterm_checkpoints() as stop_requested:   # SIGTERM: a checkpoint after the current update, then KILLED
+        metrics = trainer.train(stop_requested)
+        if getattr(trainer, "stopped", False):
+            raise Terminated(f"signal 15; a checkpoint was saved at gradient update {trainer.step}")
     rep.log_artifact(out_dir / WORLD_MODEL_FILE, "model")
     rep.close("FINISHED")
     echo(f"done: {trainer.step} gradient updates; world model in {out_dir / WORLD_MODEL_FILE}")

@@ -21,7 +21,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from harness.config import RunConfig
 from harness.errors import HarnessError, NonFiniteLossError
 from harness.evaluation import evaluate
 from harness.launch import run_key
-from harness.lifecycle import RunLock, check_writable_dir, guarded
+from harness.lifecycle import RunLock, Terminated, check_writable_dir, guarded, sigterm_checkpoints
 from harness.provenance import auto_threads, git_commit, resolve_device, rng_state, seed_everything, set_rng_state, versions
 from harness.reporting import PARENT, TASK, MlflowReporter, flatten, ui_command
 from methods import METHODS
@@ -151,6 +151,7 @@ class _Run:
         self.ctxs = [_task_ctx(i, cfg, info, self.masks[i]) for i, info in enumerate(infos)]
         self.ep = OpenEpisode(**progress.episode) if progress.episode else OpenEpisode()
         self.act_state: Any = None          # what method.act returned last, carried to its next call
+        self.stop_requested: Callable[[], bool] = lambda: False   # set by run_stream (lifecycle.sigterm_checkpoints)
 
     # -- checkpoints
     def save(self) -> None:
@@ -281,6 +282,10 @@ class _Run:
                 if self.p.global_env_frames >= next_ckpt and not budget_done:
                     self.save()
                     next_ckpt = self.p.global_env_frames + cfg.checkpoint_every_frames
+                if self.stop_requested() and not budget_done:
+                    self.save()
+                    raise Terminated(f"signal 15; a checkpoint was saved at global env frame "
+                                     f"{self.p.global_env_frames}")
             if pending:  # what the last partial logging interval gathered
                 self.rep.log_metrics({k: float(np.mean(v)) for k, v in pending.items()}, self.p.global_env_frames,
                                      run=TASK)
@@ -449,11 +454,14 @@ def _run(cfg: RunConfig, infos: list[TaskInfo], spec: MethodSpec, method_cfg: An
             echo(f"resuming run {resume} from its start (it was stopped before its first checkpoint)" if resume else
                  f"MLflow run {rep.run_ids[PARENT]} (experiment 'stream/{cfg.stream.name}'); checkpoints in {run_dir}")
 
-        for i in range(progress.task_index, len(infos)):
-            if rep.run_ids[TASK] is None:
-                rep.start_task(i, infos[i].name, _task_tags(cfg))
-            run.train_task(i)
-            run.finish_task(i)
+        with sigterm_checkpoints() as run.stop_requested:   # SIGTERM: a checkpoint first, then KILLED
+            for i in range(progress.task_index, len(infos)):
+                if rep.run_ids[TASK] is None:
+                    rep.start_task(i, infos[i].name, _task_tags(cfg))
+                run.train_task(i)
+                run.finish_task(i)
+                if run.stop_requested():
+                    raise Terminated(f"signal 15 at the end of task {i}; its boundary checkpoint is saved")
         R = np.array(progress.R) / 100.0
         summary = metrics.summarize(R, run.aucs(), _reference_aucs(rep, cfg, method_cfg))
         summary |= {f"final/{j}-{info.name}": float(progress.R[-1][j]) for j, info in enumerate(infos)}

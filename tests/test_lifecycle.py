@@ -98,15 +98,20 @@ def test_sigkill_sigterm_and_resume_with_real_processes(mlflow_uri, tmp_path):
     kids = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     assert kids and all(k.info.status == "KILLED" for k in kids)
 
-    # SIGTERM in the second task: the run ends KILLED with the hint, exit code 143
+    # SIGTERM in the second task: a checkpoint is saved where the run was (not only the last periodic one), then
+    # the run ends KILLED with the hint, exit code 143
     proc = _start(tmp_path, "--resume", run_id)
     _wait_for_checkpoint(tmp_path, proc, 1)
+    time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     text = proc.communicate(timeout=60)[0]
     assert proc.returncode == 143, text
     assert f"Continue it with: python cli.py run-stream --resume {run_id}" in text, text
+    assert "a checkpoint was saved at global env frame" in text, text
     assert "Traceback" not in text, text
     assert client.get_run(run_id).info.status == "KILLED"
+    saved = checkpoint.load(tmp_path / "runs" / run_id / "checkpoint.pt")["progress"]
+    assert f"a checkpoint was saved at global env frame {saved['global_env_frames']}" in text, text
 
     done = subprocess.run(_cmd("--resume", run_id), cwd=tmp_path, env=dict(os.environ, MUJOCO_GL="egl"),
                           capture_output=True, text=True, timeout=600)
@@ -145,3 +150,32 @@ def test_cuda_on_a_machine_without_it_is_refused_before_anything_exists(mlflow_u
                                         "--device", "cuda"])
     assert out.exit_code != 0 and "CUDA is not available" in out.output and "Traceback" not in out.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_inside_a_training_loop_asks_for_a_checkpoint_first():
+    """Inside sigterm_checkpoints the first SIGTERM only sets stop_requested(); one left unanswered raises
+    when the block ends; a second SIGTERM raises at once; outside, SIGTERM raises at once."""
+    from harness.lifecycle import Terminated, handle_sigterm, sigterm_checkpoints
+    old = signal.getsignal(signal.SIGTERM)
+    handle_sigterm()
+    try:
+        with pytest.raises(Terminated):
+            with sigterm_checkpoints() as stop_requested:
+                assert not stop_requested()
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+                assert stop_requested()          # the loop would save its checkpoint here
+        with sigterm_checkpoints() as stop_requested:
+            assert not stop_requested()          # the request was consumed
+        with pytest.raises(Terminated):
+            with sigterm_checkpoints():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGTERM)   # insisting: at once
+                time.sleep(0.01)
+                raise AssertionError("not reached")
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -206,6 +206,7 @@ class Trainer:
         m = cfg.model
         self.opt = Optimizer(self.wm.parameters(), m.lr, m.eps, m.weight_decay, m.grad_clip, name="wm/loss")
         self.step = 0
+        self.stopped = False          # train() stopped early on request (SIGTERM), a checkpoint saved
         self.last: dict[str, float] = {}
         self._eval_batches: dict[str, dict[str, np.ndarray]] | None = None
 
@@ -311,7 +312,10 @@ class Trainer:
                     raise   # else the error that stopped training is the one to see
 
     # -- the loop
-    def train(self) -> dict[str, float]:
+    def train(self, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, float]:
+        """Train to ``grad_updates``; when ``stop_requested()`` turns true (a SIGTERM, see
+        harness.lifecycle.sigterm_checkpoints), save a checkpoint after the current update and return early
+        (``self.stopped``)."""
         import torch
 
         from harness.offline import Prefetcher
@@ -364,5 +368,9 @@ class Trainer:
                     self.last |= ol
                 if self.step % cfg.checkpoint_every == 0 or final:
                     self.save()
+                elif stop_requested():
+                    self.save()
+                    self.stopped = True
+                    break
         self.rep.flush()
         return self.last

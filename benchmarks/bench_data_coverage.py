@@ -8,11 +8,13 @@ standardised per dimension:
 - **cells**: occupied cells of a 10-bin grid over the pooled states' top 3 principal components (of 1,000),
   and the entropy (nats) of the visits over them: how much of the reachable state space the data spans;
 - **kNN entropy**: the mean log distance to the 12th nearest neighbour among the dataset's own states
-  (faiss, exact L2), the particle estimator APT (Liu & Abbeel 2021) maximises, up to constants: higher is
-  more spread out;
+  (exact, float64), the particle estimator APT (Liu & Abbeel 2021) maximises, up to constants: higher is
+  more spread out; **piled up**: the share of states with 12 others within 0.05 (standardised units), where
+  an explorer sat still;
 - **range**: per state dimension, the share of the pooled 1st-99th percentile range the dataset reaches,
   averaged over dimensions;
-- **action spread**: the std of the stored actions over the embodiment's action dims (uniform random: 0.58).
+- **action spread**: the std of the stored actions over the embodiment's action dims (uniform random: 0.58),
+  and the share of saturated actions (|a| > 0.99).
 Writes ``benchmarks/results/data_coverage.json`` and ``.md`` (``--out``).
 """
 from __future__ import annotations
@@ -59,13 +61,16 @@ def sample_states(path: str, embodiment: str, n: int, seed: int = 0) -> tuple[np
     return np.concatenate(states).astype(np.float64), np.concatenate(actions), info
 
 
-def knn_entropy(x: np.ndarray, k: int = KNN_K) -> float:
-    import faiss
-    xs = np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatL2(xs.shape[1])
-    index.add(xs)
-    dist, _ = index.search(xs, k + 1)          # the first neighbour is the point itself
-    return float(np.mean(np.log(np.sqrt(np.maximum(dist[:, k], 1e-12)))))
+def knn_distances(x: np.ndarray, k: int = KNN_K, chunk: int = 1024) -> np.ndarray:
+    """Each point's distance to its k-th nearest other point, exact in float64 (faiss's float32 L2 turns the
+    near-duplicates a stuck explorer makes into zeros)."""
+    sq = (x ** 2).sum(1)
+    out = np.empty(len(x))
+    for a in range(0, len(x), chunk):
+        d2 = sq[a:a + chunk, None] + sq[None] - 2.0 * x[a:a + chunk] @ x.T
+        d2[np.arange(len(d2)), np.arange(a, a + len(d2))] = np.inf          # not itself
+        out[a:a + chunk] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
+    return out
 
 
 def measure(states: dict[str, np.ndarray], actions: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -86,9 +91,13 @@ def measure(states: dict[str, np.ndarray], actions: dict[str, np.ndarray]) -> di
         _, counts = np.unique(ids, return_counts=True)
         p = counts / counts.sum()
         reach = (np.minimum(np.percentile(z[k], 99, axis=0), hi) - np.maximum(np.percentile(z[k], 1, axis=0), lo))
+        knn = knn_distances(z[k])
         out[k] = {"cells": int(len(counts)), "cell_entropy": float(-(p * np.log(p)).sum()),
-                  "knn_entropy": knn_entropy(z[k]), "range_share": float(np.mean(np.clip(reach / (hi - lo), 0, 1))),
-                  "action_spread": float(actions[k].std(0).mean())}
+                  "knn_entropy": float(np.mean(np.log(np.maximum(knn, 1e-12)))),
+                  "piled_up": float(np.mean(knn < 0.05)),
+                  "range_share": float(np.mean(np.clip(reach / (hi - lo), 0, 1))),
+                  "action_spread": float(actions[k].std(0).mean()),
+                  "saturated_actions": float(np.mean(np.abs(actions[k]) > 0.99))}
     return out
 
 
@@ -109,8 +118,8 @@ def main() -> None:
     result = {"states_per_dataset": a.states, "datasets": named, "embodiments": {}}
     lines = [f"State coverage on equal samples ({a.states:,} states per dataset and embodiment; "
              f"`benchmarks/bench_data_coverage.py`)", "",
-             "| embodiment | dataset | episodes | policies | cells (of 1000) | cell entropy | kNN entropy | range share "
-             "| action spread |", "|---|---|---|---|---|---|---|---|---|"]
+             "| embodiment | dataset | episodes | policies | cells (of 1000) | cell entropy | kNN entropy | piled up "
+             "| range share | action spread | saturated actions |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for emb in sorted(embodiments or ()):
         states, actions, infos = {}, {}, {}
         for label, path in named.items():
@@ -122,7 +131,8 @@ def main() -> None:
         for k in m:
             pol = ", ".join(f"{p} x{c}" for p, c in sorted(infos[k]["policies"].items()))
             lines.append(f"| {emb} | {k} | {infos[k]['episodes']} | {pol} | {m[k]['cells']} | {m[k]['cell_entropy']:.2f} "
-                         f"| {m[k]['knn_entropy']:.2f} | {m[k]['range_share']:.2f} | {m[k]['action_spread']:.2f} |")
+                         f"| {m[k]['knn_entropy']:.2f} | {m[k]['piled_up']:.2f} | {m[k]['range_share']:.2f} "
+                         f"| {m[k]['action_spread']:.2f} | {m[k]['saturated_actions']:.2f} |")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))

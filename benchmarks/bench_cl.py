@@ -75,17 +75,36 @@ def write_results(stream: str, sweep: str, out: Path, methods: list[str], seeds:
     runs = {m: [{"run_id": d.run_id, "seed": d.seed, "R": (d.R * 100).round(1).tolist(),
                  "forward_transfer": d.run_metrics.get("cl/forward_transfer")} for d in sorted(rs, key=lambda d: d.seed)]
             for m, rs in sorted(groups.items())}
-    result = {"stream": stream, "tasks": names, "sweep": sweep, "commit": git_commit(), "rows": rows, "runs": runs,
+    made_at = sorted({rep.client.get_run(r["run_id"]).data.tags.get("git_commit", "?") for rs in runs.values() for r in rs})
+    result = {"stream": stream, "tasks": names, "sweep": sweep, "commit": git_commit(), "runs_made_at": made_at,
+              "rows": rows, "runs": runs,
               "excluded": excluded, "note": "R in 0-100 (DMC return / 10); metrics as fractions"}
     (out / "cl_baselines.json").write_text(json.dumps(result, indent=1))
-    md = [f"# Continual-learning baselines on `{stream}` (sweep `{sweep}`, commit {result['commit'][:12]})", "",
-          (out / "comparison.md").read_text().split("\n", 2)[2].strip(), "", "## Mean R matrices (0-100)", ""]
+    md = [f"# Continual-learning baselines on `{stream}` (sweep `{sweep}`; runs made at commit(s) "
+          f"{', '.join(c[:12] for c in made_at)})", "",
+          "| method | n | average performance | forgetting | forward transfer | " + " | ".join(names) + " |",
+          "|---|---|---|---|---|" + "---|" * len(names)]
+    for r in rows:
+        md.append(f"| {r['method']} | {r['runs']:.0f} | {_cell(r, 'avg_performance')} | {_cell(r, 'forgetting')} | "
+                  f"{_cell(r, 'forward_transfer')} | "
+                  + " | ".join(f"{r[f'final {j}-{n}']:.1f}" for j, n in enumerate(names)) + " |")
+    md += ["", "Means over seeds [90% bootstrap CI]; per-task columns: final score (0-100). The full table, with IQM "
+           "and optimality gap: `comparison.md`.", "", "## Mean R matrices (0-100)", ""]
     for m, rs in runs.items():
         R = np.mean([r["R"] for r in rs], axis=0)
         md += [f"**{m}** (seeds {', '.join(r['seed'] for r in rs)}): rows = after training task i, columns = task j", "",
                "| after \\ on | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         md += [f"| {names[i]} | " + " | ".join(f"{v:.0f}" for v in R[i]) + " |" for i in range(len(names))] + [""]
     (out / "cl_baselines.md").write_text("\n".join(md) + "\n")
+
+
+def _cell(row: dict, key: str) -> str:
+    """``mean [ci_low, ci_high]`` of a compare row's metric, or n/a."""
+    v = row.get(key)
+    if v is None or v != v:
+        return "n/a"
+    lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and lo == lo else f"{v:.3f}"
 
 
 def _num(v: str) -> object:

@@ -215,7 +215,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=2_500)
     ap.add_argument("--eval-episodes", type=int, default=5)
     ap.add_argument("--mw-episodes", type=int, default=10, help="expert episodes per Meta-World task and sigma")
-    ap.add_argument("--icm-episodes", type=int, default=100, help="ICM episodes per DMC embodiment (100k frames)")
+    ap.add_argument("--icm-episodes", type=int, default=500,
+                    help="ICM episodes per DMC embodiment (500: 500k frames; at 100k its data pile up, README)")
     ap.add_argument("--pretrain-steps", type=int, default=5_000)
     ap.add_argument("--pretrain-threads", type=int, default=1)
     ap.add_argument("--preset", default="tiny")

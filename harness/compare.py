@@ -327,6 +327,11 @@ def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | No
     "auto" (the shipped one made with the same stream and settings, if any) whose rows and curves are shown
     beside the runs; ``save_reference``: write the compared runs as a reference file there."""
     from harness import references
+    from harness.lifecycle import check_writable_dir
+    if save_reference is not None:   # refused before any work: a folder, or a place that cannot be written
+        if Path(save_reference).is_dir():
+            raise HarnessError(f"--save-reference {save_reference}: a folder; give a file name (e.g. my-stream.json)")
+        check_writable_dir(Path(save_reference).absolute().parent, "--save-reference")
     rep = reporter or MlflowReporter()
     groups, excluded, names = collect_runs(rep, stream, methods, seeds, sweep)
     signature = next(iter(groups.values()))[0].signature

@@ -120,3 +120,6 @@ def test_reference_results_round_trip_and_refuse_other_settings(mlflow_uri, tmp_
     with pytest.raises(HarnessError, match="no reference 'nope'"):
         compare("cmp", out_dir=tmp_path / "d", reference="nope")
     assert compare("cmp", out_dir=tmp_path / "e", reference="auto").rows[-1]["method"] == "random"  # none shipped
+    for bad in ("/proc/ref.json", str(tmp_path)):
+        with pytest.raises(HarnessError, match="--save-reference"):
+            compare("cmp", out_dir=tmp_path / "f", save_reference=bad)

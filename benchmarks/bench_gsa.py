@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,6 +62,38 @@ def bootstrap_ci(x, reps: int = 5000, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     means = rng.choice(x, (reps, len(x))).mean(1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def plot_task_curves(curves_of: Callable[[str, str], list], tasks: Sequence[str], methods: Sequence[str],
+                     path: Path, title: str = "") -> Path:
+    """One panel per task: each method's mean evaluation curve over its seeds, shaded min-max;
+    ``curves_of(method, task)`` gives the seeds' curves as lists of (env frames, score)."""
+    import matplotlib
+    import numpy as np
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), dpi=110, squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        for i, m in enumerate(methods):
+            cs = curves_of(m, t)
+            if not cs:
+                continue
+            steps = sorted({s for c in cs for s, _ in c})
+            vals = np.array([[dict(c).get(s, np.nan) for s in steps] for c in cs])
+            ax.plot(steps, np.nanmean(vals, 0), color=f"C{i}", lw=2, marker="o", ms=3, label=f"{m} (n={len(cs)})")
+            if len(cs) > 1:
+                ax.fill_between(steps, np.nanmin(vals, 0), np.nanmax(vals, 0), color=f"C{i}", alpha=0.15)
+        ax.set_title(t)
+        ax.set_xlabel("env frames")
+        ax.set_ylabel("normalised score (0-100)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def earlier_walls(name: str) -> dict[tuple[str, str, int], float]:
@@ -192,31 +224,9 @@ def summarize(a, tasks, methods, seeds, rep, walls, timing) -> None:
     text = "\n".join(lines)
     print("\n" + text)
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), dpi=110, squeeze=False)
-    for ax, t in zip(axes[0], tasks):
-        for i, m in enumerate(methods):
-            cs = curves.get((m, t), [])
-            if not cs:
-                continue
-            steps = sorted({s for c in cs for s, _ in c})
-            vals = np.array([[dict(c).get(s, np.nan) for s in steps] for c in cs])
-            mean = np.nanmean(vals, 0)
-            ax.plot(steps, mean, color=f"C{i}", lw=2, marker="o", ms=3, label=m)
-            if len(cs) > 1:
-                ax.fill_between(steps, np.nanmin(vals, 0), np.nanmax(vals, 0), color=f"C{i}", alpha=0.15)
-        ax.set_title(t)
-        ax.set_xlabel("env frames")
-        ax.set_ylabel("normalised score")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"GSA vs Dreamer vs random, {a.preset}, proprio, mean and min-max over seeds")
-    fig.tight_layout()
+    plot_task_curves(lambda m, t: curves.get((m, t), []), tasks, methods, OUT / f"{a.name}.png",
+                     f"GSA vs Dreamer vs random, {a.preset}, proprio, mean and min-max over seeds")
     png = OUT / f"{a.name}.png"
-    fig.savefig(png)
-    plt.close(fig)
     (OUT / f"{a.name}.md").write_text(text + "\n")
     payload = {"args": vars(a), "finals": {f"{m}|{t}": v for (m, t), v in finals.items()},
                "curves": {f"{m}|{t}": v for (m, t), v in curves.items()}, "timing": timing,

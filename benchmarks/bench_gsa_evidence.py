@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
-from benchmarks.bench_gsa import method_overrides, stream_file  # noqa: E402
+from benchmarks.bench_gsa import method_overrides, plot_task_curves, stream_file  # noqa: E402
 from benchmarks.jobs import guidance_sets, run_jobs, run_stream_options  # noqa: E402
 
 METHODS = "gsa,gsa-p,gsa-p-er,gsa-p-g,dreamer,random"
@@ -182,28 +182,8 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
                   "`benchmarks/bench_gsa_evidence.py` again to continue the sweep; this report is rewritten."]
     (OUT / "gsa_evidence.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), dpi=110, squeeze=False)
-    for ax, t in zip(axes[0], tasks):
-        for i, m in enumerate(methods):
-            cs = curves[t].get(m, [])
-            if not cs:
-                continue
-            steps = sorted({s for c in cs for s, _ in c})
-            vals = np.array([[dict(c).get(s, np.nan) for s in steps] for c in cs])
-            ax.plot(steps, np.nanmean(vals, 0), color=f"C{i}", lw=2, label=f"{m} (n={len(cs)})")
-            if len(cs) > 1:
-                ax.fill_between(steps, np.nanmin(vals, 0), np.nanmax(vals, 0), color=f"C{i}", alpha=0.12)
-        ax.set_title(t)
-        ax.set_xlabel("env frames")
-        ax.set_ylabel("score (0-100)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(OUT / "gsa_evidence.png")
-    plt.close(fig)
+    plot_task_curves(lambda m, t: curves[t].get(m, []), tasks, methods, OUT / "gsa_evidence.png",
+                     f"GSA evidence ({out['preset']}, proprio): mean and min-max over seeds")
 
 
 def main() -> None:

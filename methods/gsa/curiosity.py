@@ -33,9 +33,10 @@ from torch import nn
 
 from harness.replay import EpisodeReplay
 from methods.backbone.nets import Optimizer
-from methods.base import MAX_WIDTH, MethodContext, Step, TaskContext, ranged
+from methods.base import MAX_WIDTH, MethodContext, TaskContext, ranged
 from methods.drqv2 import PRESETS as DRQ_PRESETS
 from methods.drqv2 import DrQV2, DrQV2Config
+from methods.gsa.explorer import reward_free_steps
 
 # URLB agent/ddpg.yaml on states: lr 1e-4, tau 0.01, update every 2, n-step 3, feature 50, std 0.2 fixed
 # (std_clip 0.3), 4000 seed frames; hidden 1024 and batch 1024 (the tiny preset: 256 and 256, see above).
@@ -120,13 +121,10 @@ class ICMExplorer:
     def observe(self, action: np.ndarray, next_obs: dict[str, np.ndarray], last: bool, terminal: bool) -> None:
         """After ``env.step(action)`` (padded action) returned ``next_obs``; no task reward is ever stored."""
         assert self._last_obs is not None, "observe() before act()"
-        self.agent.observe(Step({"proprio": self._last_obs["proprio"]}, np.asarray(action, np.float32), 0.0,
-                                self._first, False, False))
+        for step in reward_free_steps(self._last_obs, action, next_obs, self._first, last, terminal):
+            self.agent.observe(step)
         self._first = False
         self.steps += 1
-        if last:
-            self.agent.observe(Step({"proprio": next_obs["proprio"]}, np.zeros(self.action_dim, np.float32), 0.0,
-                                    False, True, terminal))
         self._maybe_update()
 
     # ------------------------------------------------------------------ learning

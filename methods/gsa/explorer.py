@@ -46,6 +46,17 @@ DEBUG = ExplorerConfig(model=DEBUG_MODEL, ac=DEBUG_AC, ensemble=3, head_layers=1
                        seq_len=8, train_every=4, warmup_steps=20)
 
 
+def reward_free_steps(obs: dict[str, np.ndarray], action: np.ndarray, next_obs: dict[str, np.ndarray], first: bool,
+                      last: bool, terminal: bool) -> list[Step]:
+    """A collecting explorer's replay steps for one env step, in the replay's convention and without reward:
+    the state acted on with its (padded) action, and at an episode's end the final state with a zero action."""
+    out = [Step({"proprio": obs["proprio"]}, np.asarray(action, np.float32), 0.0, first, False, False)]
+    if last:
+        out.append(Step({"proprio": next_obs["proprio"]}, np.zeros(len(action), np.float32), 0.0, False, True,
+                        terminal))
+    return out
+
+
 class _Disagreement(nn.Module):
     """The world model as the actor-critic sees it, with the ensemble's disagreement as the reward."""
 
@@ -124,13 +135,10 @@ class DisagreementExplorer:
     def observe(self, action: np.ndarray, next_obs: dict[str, np.ndarray], last: bool, terminal: bool) -> None:
         """After ``env.step(action)`` (padded action) returned ``next_obs``."""
         assert self._last_obs is not None, "observe() before act()"
-        self.replay.add(Step({"proprio": self._last_obs["proprio"]}, np.asarray(action, np.float32), 0.0,
-                             self._first, False, False))
+        for step in reward_free_steps(self._last_obs, action, next_obs, self._first, last, terminal):
+            self.replay.add(step)
         self._first = False
         self.steps += 1
-        if last:
-            self.replay.add(Step({"proprio": next_obs["proprio"]}, np.zeros(self.action_dim, np.float32), 0.0,
-                                 False, True, terminal))
         if self.steps >= self.cfg.warmup_steps and self.steps % self.cfg.train_every == 0 \
                 and len(self.replay) >= self.cfg.seq_len:
             self.train_step()

@@ -33,11 +33,36 @@ def ui_command(uri: str | None = None) -> str:
     return f"open {uri} in a browser"
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///path`` URI; None for other stores and in-memory databases."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)  # sqlite:////abs -> /abs; sqlite:///rel -> rel
+
+
 def _client(uri: str) -> Any:
+    """An ``MlflowClient`` whose store exists. On the embedded sqlite store the first process creates the tables
+    while holding an ``flock`` on ``<db>.lock``: two processes opening a fresh store at once (a sweep driver and a
+    user's query, two jobs) otherwise race in MLflow's migrations ("table ... already exists")."""
     from mlflow.tracking import MlflowClient  # mlflow sets its loggers up on import: quiet them after
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(uri)
+    db = _sqlite_path(uri)
+    if db is None or not db.parent.is_dir():
+        return MlflowClient(uri)
+    import fcntl
+    try:
+        fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only folder: nobody can create tables there, so there is nothing to race
+        return MlflowClient(uri)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # creates (or upgrades) the tables now, under the lock
+    finally:
+        os.close(fd)
+    return client
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:

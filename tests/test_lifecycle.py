@@ -179,3 +179,19 @@ def test_sigterm_inside_a_training_loop_asks_for_a_checkpoint_first():
             time.sleep(0.01)
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_processes_opening_a_fresh_store_at_once_all_get_it(tmp_path):
+    """Jobs of a sweep (or a driver and a user's query) often open a fresh embedded store at the same moment;
+    without the creation lock MLflow's migrations race and one process dies with "table ... already exists"."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = ("import sys, time; t = float(sys.argv[1])\n"
+            "from harness.reporting import MlflowReporter\n"
+            "time.sleep(max(0.0, t - time.time()))\n"   # every process opens the store at the same instant
+            "print(len(MlflowReporter(sys.argv[2]).client.search_experiments()))")
+    start = time.time() + 15
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(start), uri], cwd=Path(cli.__file__).parent,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+    assert [o.strip().splitlines()[-1] for o in outs] == ["1"] * 4, outs   # the Default experiment, once

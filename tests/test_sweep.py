@@ -217,9 +217,10 @@ def test_sigterm_to_the_driver_stops_its_jobs_and_a_rerun_continues_them(mlflow_
             "--name", "stop-test", "--obs", "proprio", "--render-quality", "fast", "--frames-per-task", "100000",
             "--eval-every", "100000", "--eval-episodes", "1", "--video-frames", "0", "--runs-dir", str(tmp_path / "runs"),
             "--concurrency", "2", "--cpus-per-job", "1"]
+    from harness.reporting import MlflowReporter
+    client = MlflowReporter(mlflow_uri).client  # the store exists before the driver opens it
     driver = subprocess.Popen(argv, env=os.environ | {"MLFLOW_TRACKING_URI": mlflow_uri}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    client = MlflowClient(mlflow_uri)
     pids: list[int] = []
     deadline = time.monotonic() + 240
     while len(pids) < 2 and time.monotonic() < deadline and driver.poll() is None:

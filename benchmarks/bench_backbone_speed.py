@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_backbone_speed.py                 # the table (several minutes)
     .venv/bin/python benchmarks/bench_backbone_speed.py --count         # parameter counts only
     .venv/bin/python benchmarks/bench_backbone_speed.py --options       # what each speed option gives
+    .venv/bin/python benchmarks/bench_backbone_speed.py --ab HEAD~1     # this tree against a revision
 
 For each preset (tiny, small) and observation type (proprio, pixels):
 - grad updates/s: ``Dreamer.train_step`` (one world-model + one actor-critic update) on a replay filled
@@ -181,6 +182,37 @@ def malloc_table(presets: list[str], obs_types: list[str], n: int, threads: int)
     return rows
 
 
+def ab_table(rev: str, presets: list[str], obs_types: list[str], n: int, threads: int, rounds: int) -> list[dict]:
+    """This tree against git revision ``rev`` (a temporary worktree), each cell in fresh processes that
+    alternate between the two ``rounds`` times, so that a change of load hits both alike."""
+    import shutil
+    import subprocess
+    other = Path(tempfile.mkdtemp(prefix="bench-ab-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(other), rev], check=True,
+                   capture_output=True)
+    try:
+        rows = []
+        for preset in presets:
+            for obs in obs_types:
+                times: dict[str, list[float]] = {rev: [], "this tree": []}
+                for _ in range(rounds):
+                    for name, tree in ((rev, other), ("this tree", ROOT)):
+                        out = subprocess.run([sys.executable, str(tree / "benchmarks" / "bench_backbone_speed.py"),
+                                              "--fault-probe", f"{preset},{obs},{n}", "--threads", str(threads)],
+                                             env=os.environ | {"OMP_NUM_THREADS": str(threads)}, cwd=tree,
+                                             capture_output=True, text=True, check=True)
+                        times[name].append(json.loads(out.stdout.strip().splitlines()[-1])["s_per_update"])
+                import numpy as np
+                old, new = float(np.median(times[rev])), float(np.median(times["this tree"]))
+                rows.append({"preset": preset, "obs": obs, "rev": rev, "rev_s": old, "this_s": new,
+                             "speedup": old / new, "rounds": rounds, "updates_per_round": n})
+                print(json.dumps(rows[-1]), flush=True)
+        return rows
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)], check=False)
+        shutil.rmtree(other.parent, ignore_errors=True)
+
+
 def count() -> list[tuple[str, float, float]]:
     import torch
 
@@ -214,6 +246,9 @@ def main() -> None:
     ap.add_argument("--malloc", action="store_true",
                     help="page faults and s/update with and without keeping freed memory in the heap")
     ap.add_argument("--fault-probe", default=None, help=argparse.SUPPRESS)   # PRESET,OBS,N: one --malloc cell
+    ap.add_argument("--ab", metavar="REV", default=None,
+                    help="s/update of this tree against git revision REV, in alternating fresh processes")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations per cell for --ab")
     a = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
@@ -221,6 +256,18 @@ def main() -> None:
     if a.fault_probe:
         preset, obs, n = a.fault_probe.split(",")
         print(json.dumps(fault_probe(preset, obs, int(n))))
+        return
+    if a.ab:
+        table = ab_table(a.ab, a.presets.split(","), a.obs.split(","), a.updates, a.threads, a.rounds)
+        lines = [f"This tree against {a.ab}, {a.threads} thread(s), median over {a.rounds} alternating processes of "
+                 f"the median of {a.updates} updates, load average at start {os.getloadavg()[0]:.1f}:", "",
+                 f"| preset | obs | {a.ab} s / update | this tree s / update | speed-up |", "|---|---|---|---|---|"]
+        lines += [f"| {r['preset']} | {r['obs']} | {r['rev_s']:.3f} | {r['this_s']:.3f} | {r['speedup']:.2f}x |"
+                  for r in table]
+        print("\n".join(lines))
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "backbone_speed_ab.md").write_text("\n".join(lines) + "\n")
+        (OUT / "backbone_speed_ab.json").write_text(json.dumps(table, indent=1))
         return
     if a.malloc:
         table = malloc_table(a.presets.split(","), a.obs.split(","), a.updates, a.threads)

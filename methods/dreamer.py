@@ -57,7 +57,7 @@ class DreamerConfig:
     # and start imagination but never the reward head: their rewards belong to other tasks. Ours: the paper keeps all
     # previous experience (Sec. 4.2) without saying how it is mixed; 0.25 is Table 5's offline mix ratio
     past_fraction: float = ranged(0.25, ge=0, lt=1)
-    compile: bool = False               # torch.compile the RSSM step (see benchmarks/bench_backbone_speed.py)
+    compile: bool = False               # torch.compile the RSSM prior and posterior steps (bench_backbone_speed.py --options)
 
     def __post_init__(self) -> None:  # checked on construction too: the mix must leave current-task rows
         if not 0.0 <= self.past_fraction < 1.0:
@@ -105,7 +105,7 @@ class Dreamer:
         m = cfg.model
         self.wm_opt = Optimizer(self.wm.parameters(), m.lr, m.eps, m.weight_decay, m.grad_clip, name="wm/loss")
         if cfg.compile:
-            self.wm.rssm._recur = torch.compile(self.wm.rssm._recur, dynamic=False)  # type: ignore[method-assign]
+            self.wm.rssm.compile_steps()
         self.rng = np.random.default_rng(ctx.seed)
         self.obs_keys = tuple(self.wm.obs_shapes)
         self.replay: EpisodeReplay | None = None      # the current task's online experience

@@ -273,3 +273,53 @@ def test_bf16_autocast_path_runs(monkeypatch):
     start = {k: v.detach().reshape(18, *v.shape[2:]) for k, v in post.items()}
     out = ac.train_step(wm, start, torch.ones(18), torch.ones(A))
     assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_one_critic_pass_gives_each_optimizer_its_own_gradients_only():
+    """The critic runs once on the imagined features: the actor's loss reaches the critic's weights through the
+    bootstrap values, but the actor's step must not write them, and the critic's loss must not move the actor
+    (as if the critic had seen detached features)."""
+    torch.manual_seed(0)
+    wm = WorldModel(DEBUG_MODEL, SPECS["proprio"], A)
+    ac = ActorCritic(DEBUG_AC, DEBUG_MODEL.feat_dim, A)
+    _, _, post = wm.loss(make_batch(SPECS["proprio"]))
+    start = {k: v.detach().reshape(18, *v.shape[2:]) for k, v in post.items()}
+    torch.manual_seed(1)
+    actor_loss, critic_loss, _ = ac.loss(wm, start, torch.ones(18), torch.ones(A))
+    ac.actor_opt.opt.step = lambda: None   # look at the gradients, move nothing
+    ac.critic_opt.opt.step = lambda: None
+    ac.actor_opt.step(actor_loss, retain_graph=True)
+    assert all(p.grad is None for p in ac.critic.parameters()), "the actor's step wrote critic gradients"
+    actor_grads = [p.grad.clone() for p in ac.actor.parameters()]
+    assert any(float(g.abs().sum()) > 0 for g in actor_grads)
+    ac.critic_opt.step(critic_loss)
+    assert all(torch.equal(p.grad, g) for p, g in zip(ac.actor.parameters(), actor_grads)), \
+        "the critic's step changed the actor's gradients"
+    assert all(p.grad is not None for p in ac.critic.parameters())
+    assert all(p.grad is None for p in wm.parameters()), "the actor-critic update wrote world-model gradients"
+
+
+def test_compiled_rssm_steps_match_eager_ones():
+    """``compile_steps`` (the Dreamer ``compile`` option) compiles the deterministic part of the prior and
+    posterior steps only: the same samples, the same states to float rounding, and gradients still flow."""
+    torch.manual_seed(0)
+    wm = WorldModel(DEBUG_MODEL, SPECS["proprio"], A)
+    batch = make_batch(SPECS["proprio"])
+    obs = {"proprio": batch["proprio"]}
+
+    def run():
+        torch.manual_seed(3)
+        post, prior = wm.observe(obs, batch["prev_action"], batch["is_first"])
+        start = {k: v.reshape(18, *v.shape[2:]) for k, v in post.items()}
+        states, _ = wm.imagine(lambda f: torch.tanh(f[:, :A]), start, 4)
+        return post, prior, states
+    eager = run()
+    wm.rssm.compile_steps()
+    compiled = run()
+    for a, b in ((eager[0], compiled[0]), (eager[2], compiled[2])):
+        assert torch.equal(a["stoch"].argmax(-1), b["stoch"].argmax(-1)), "compiled steps drew other samples"
+        assert torch.allclose(a["stoch"], b["stoch"], atol=1e-5)   # straight-through: sample + p - p.detach()
+        assert torch.allclose(a["deter"], b["deter"], atol=1e-5) and torch.allclose(a["logits"], b["logits"], atol=1e-5)
+    assert torch.allclose(eager[1], compiled[1], atol=1e-5)
+    compiled[2]["deter"].sum().backward()
+    assert any(p.grad is not None for p in wm.rssm.core.parameters())

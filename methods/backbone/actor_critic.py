@@ -138,8 +138,11 @@ class ActorCritic(nn.Module):
             feats = world_model.features(states)  # type: ignore[attr-defined]  (N, H+1, F)
             reward = world_model.reward(feats[:, 1:]).float()  # type: ignore[attr-defined]
             cont = world_model.cont(feats[:, 1:]).float()  # type: ignore[attr-defined]
-            with frozen(self.critic):  # bootstrap values; the actor's gradient flows through feats only
-                value = self.value(feats).float()
+        # One critic pass serves the bootstrap values (the actor's gradient flows through feats; each optimizer
+        # differentiates only its own parameters), the baseline and the critic's loss (its gradient reaches the
+        # critic's weights only, as if feats were detached).
+        critic_all = TwoHot(self.critic(feats), c.bin_range)
+        value = critic_all.mean().float()   # (N, H+1)
         disc = c.gamma * cont
         ret = lambda_returns(reward, disc, value, c.lam)  # (N, H)
         weight = torch.cumprod(torch.cat([start_cont[:, None].float(), disc[:, :-1]], 1), 1).detach()
@@ -149,8 +152,8 @@ class ActorCritic(nn.Module):
         else:  # imagination ran without a graph: the policy is evaluated again, with one
             mean, std = self.policy_dist(feats[:, :-1].detach())
         entropy = self.entropy(std, mask)
-        critic = TwoHot(self.critic(feats[:, :-1].detach()), c.bin_range)  # one pass: baseline and loss
-        base = critic.mean().detach()
+        critic = TwoHot(critic_all.logits[:, :-1], c.bin_range)
+        base = value[:, :-1].detach()
         adv = (ret - base) / scale
         if dynamics:
             objective = adv
@@ -176,7 +179,8 @@ class ActorCritic(nn.Module):
         """One actor and one critic update from imagined rollouts, then the slow critic moves. A non-finite
         loss raises NonFiniteLossError naming it and the non-finite metrics (``Optimizer.step``)."""
         actor_loss, critic_loss, metrics = self.loss(world_model, start, start_cont, mask)
-        metrics["actor/grad_norm"] = torch.tensor(self.actor_opt.step(actor_loss, metrics)["grad_norm"])
+        # the critic's loss shares the critic pass with the actor's: keep the graph for it
+        metrics["actor/grad_norm"] = torch.tensor(self.actor_opt.step(actor_loss, metrics, retain_graph=True)["grad_norm"])
         metrics["critic/grad_norm"] = torch.tensor(self.critic_opt.step(critic_loss, metrics)["grad_norm"])
         self.update_slow_critic()
         return metrics

@@ -252,14 +252,20 @@ class Optimizer:
         self.grad_clip = grad_clip
         self.name = name   # the loss it minimises, for the error message (e.g. wm/loss)
 
-    def step(self, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    def step(self, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None = None,
+             retain_graph: bool = False) -> dict[str, float]:
         """Backward and step; returns the gradient norm. A non-finite loss raises NonFiniteLossError before
-        the weights change, naming the loss and the non-finite ones among ``parts`` (its terms)."""
+        the weights change, naming the loss and the non-finite ones among ``parts`` (its terms).
+
+        The backward pass computes gradients for this optimizer's parameters only (``inputs``): a loss that
+        also reaches other trainable modules (the actor's loss through the critic's bootstrap values) neither
+        spends time on their gradients nor leaves them there. ``retain_graph`` keeps the graph for a second
+        loss that shares part of it."""
         self.opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):   # the one device sync of the check
             others = {k: v for k, v in (parts or {}).items() if k != self.name}
             raise NonFiniteLossError(f"non-finite {self.name}={float(loss.detach())}{_nonfinite_parts(others)}")
-        loss.backward()
+        loss.backward(inputs=[p for p in self.params if p.requires_grad], retain_graph=retain_graph)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         if torch.isfinite(norm):
             self.opt.step()

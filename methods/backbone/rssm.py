@@ -66,6 +66,26 @@ class RSSM(nn.Module):
                        action_emb], -1)
         return self.core(x, state["deter"])
 
+    def _img_core(self, state: State, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h_t and the prior's log-probs from the previous state and action: the deterministic part of a prior
+        step (sampling stays outside, so a compiled core draws the same samples as eager code)."""
+        deter = self._recur(state, self.emb_action(action))
+        return deter, self.prior(deter)
+
+    def _post_core(self, state: State, action_emb: torch.Tensor,
+                   post_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h_t and the posterior's log-probs: the deterministic part of a posterior step in ``observe``."""
+        deter = self._recur(state, action_emb)
+        return deter, self._logits(self.post_out(self.post_deter(deter) + post_emb))
+
+    def compile_steps(self) -> None:
+        """``torch.compile`` the prior and posterior step cores used in training (``imagine``, ``observe``).
+        Off by default: on this 2-core CPU a tiny proprio update took 0.526/0.590 s eager and 0.539/0.585 s
+        compiled (alternating, beside one busy process), for seconds to minutes of compilation. Acting
+        (``obs_step``, batch sizes that change) stays eager."""
+        self._img_core = torch.compile(self._img_core, dynamic=False)  # type: ignore[method-assign]
+        self._post_core = torch.compile(self._post_core, dynamic=False)  # type: ignore[method-assign]
+
     @staticmethod
     def _reset(state: State, is_first: torch.Tensor, initial: State) -> State:
         keep = (~is_first.bool()).to(state["deter"].dtype)
@@ -77,8 +97,7 @@ class RSSM(nn.Module):
         """The prior step: imagine z_t from h_t without an observation."""
         assert action.shape == (state["deter"].shape[0], self.action_dim), \
             f"action {tuple(action.shape)}: expected ({state['deter'].shape[0]}, {self.action_dim})"
-        deter = self._recur(state, self.emb_action(action))
-        logp = self.prior(deter)
+        deter, logp = self._img_core(state, action)
         return {"deter": deter, "stoch": self._draw(logp, sample), "logits": logp}
 
     def obs_step(self, state: State, prev_action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor,
@@ -110,8 +129,7 @@ class RSSM(nn.Module):
         deters, stochs, logits = [], [], []
         for i in range(t):
             state = self._reset(state, is_first[:, i], initial)
-            deter = self._recur(state, act_emb[:, i])
-            logp = self._logits(self.post_out(self.post_deter(deter) + post_emb[:, i]))
+            deter, logp = self._post_core(state, act_emb[:, i], post_emb[:, i])
             state = {"deter": deter, "stoch": sample_onehot(logp), "logits": logp}
             deters.append(deter)
             stochs.append(state["stoch"])

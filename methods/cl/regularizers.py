@@ -226,11 +226,12 @@ class PenalizedOptimizer:
     def __init__(self, inner: Any, owner: "Regularized"):
         self.inner, self.owner = inner, owner
 
-    def step(self, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    def step(self, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None = None,
+             retain_graph: bool = False) -> dict[str, float]:
         o = self.owner
         if o.anchors.tasks and o.cfg.strength > 0:
             loss = loss + o.cfg.strength * o.anchors.penalty()
-        return self.inner.step(loss, parts)
+        return self.inner.step(loss, parts, retain_graph=retain_graph)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

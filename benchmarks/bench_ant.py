@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/bench_ant.py                                   # defaults below
     .venv/bin/python benchmarks/bench_ant.py --frames-per-task 4000 --seeds 0,1 --methods gsa,dreamer
 
-1. ``collect`` reward-free proprio data (DMC random and OU exploration, harness/collect.py defaults) on the
-   stream's quadruped tasks (``--data-tasks``; the paper pre-trains "a small world model only on the Ant
-   domain" for this experiment), then ``pretrain`` a world model and build the retrieval index. Both are
-   skipped when already there (the data must then be of the same tasks).
+1. ``collect`` reward-free proprio data (DMC random and OU exploration, harness/collect.py defaults; or with
+   ``--data-policies icm`` every episode of URLB's ICM explorer, the paper's kind of data) on the stream's
+   quadruped tasks (``--data-tasks``; the paper pre-trains "a small world model only on the Ant domain" for
+   this experiment), then ``pretrain`` a world model and build the retrieval index. Both are skipped when
+   already there (the data must then be of the same tasks; a stopped ICM collection is completed first).
 2. Every (method, seed) runs the whole stream through the real runner (``cli.py run-stream``) with every
    task's budget cut to ``--frames-per-task`` (the paper: 300k), proprio observations, one torch thread,
    ``--parallel`` runs at once. All go to experiment ``stream/<stream>`` in MLflow.
@@ -75,7 +76,11 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--data-tasks", default=None,
                     help="default: the stream's tasks (paper Sec. 4.2: pre-training on the Ant domain only)")
-    ap.add_argument("--episodes", type=int, default=2, help="collected episodes per (task, policy, noise)")
+    ap.add_argument("--episodes", type=int, default=2,
+                    help="collected episodes per (task, policy, noise); with --data-policies icm, per task")
+    ap.add_argument("--data-policies", default=None,
+                    help="collect --policies of the pre-training data (default: random and OU exploration; "
+                         "icm: every episode of URLB's ICM explorer, the paper's kind of data)")
     ap.add_argument("--episode-frames", type=int, default=None, help="env frames per collected episode")
     ap.add_argument("--pretrain-steps", type=int, default=2_000)
     ap.add_argument("--pretrain-threads", type=int, default=2)
@@ -101,7 +106,7 @@ def main() -> None:
         pre = work / "pretrained"
         if any(m.startswith(("gsa", "jsrl")) for m in methods):
             _, pre = prepare_pretrained(cli, work, data_tasks, a.episodes, a.preset, a.pretrain_steps,
-                                        a.pretrain_threads, a.episode_frames)
+                                        a.pretrain_threads, a.episode_frames, a.data_policies)
         print(f"data + pre-training: {(time.time() - t0) / 60:.1f} min", flush=True)
         if a.prepare_only:
             return

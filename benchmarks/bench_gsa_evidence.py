@@ -9,7 +9,8 @@ and run again: every stage is skipped or continued from what is on disk and in M
    the paper's Gaussian noise sigma in {0.1, 0.3, 0.5, 1.0, 2.0} on the CW10 tasks and the Meta-World evidence
    tasks (``--mw-episodes`` per task and sigma), and for each DMC evidence task's embodiment every episode of
    URLB's ICM agent learning from curiosity alone (``--icm-episodes``; ``cli.py collect --policies icm``). No
-   reward is stored. If the ICM collection was stopped, the missing episodes are collected by a new explorer.
+   reward is stored. If the ICM collection was stopped, the same explorer continues from its last saved state
+   (``collect``'s ``<data>/explorers/``) and collects the missing episodes.
 2. **Pre-training** a ``tiny`` world model on it (``--pretrain-steps``, resumed if stopped) and the retrieval
    index.
 3. **The sweep** ``gsa-evidence`` (``cli.py sweep``'s API): each evidence task alone for ``--frames`` env

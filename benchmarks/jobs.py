@@ -26,22 +26,35 @@ def run_jobs(items: Sequence[tuple[str, RunOptions]], sweep: str, parallel: int,
 
 
 def prepare_pretrained(cli: list[str], work: Path, data_tasks: str, episodes: int, preset: str, steps: int,
-                       threads: int, episode_frames: int | None = None) -> tuple[Path, Path]:
+                       threads: int, episode_frames: int | None = None,
+                       policies: str | None = None) -> tuple[Path, Path]:
     """``collect`` proprio data into ``work/data`` and ``pretrain --build-index`` into ``work/pretrained``,
-    each skipped when its output is already there; returns (data, pretrained)."""
+    each skipped when its output is already there; returns (data, pretrained).
+
+    ``policies``: ``collect --policies`` (default: collect's random and OU exploration). With ``icm`` the data
+    are every episode of URLB's ICM explorer learning on each task, ``episodes`` of them per task; a collection
+    that was stopped is completed before pre-training, by the same explorer from its last saved state."""
     data, pre = work / "data", work / "pretrained"
+    common = ["--obs", "proprio", "--render-quality", "fast"] + (["--episode-frames", str(episode_frames)]
+                                                                 if episode_frames else [])
     if (data / "manifest.json").is_file():   # reused: it must hold the tasks asked for, no more, no fewer
         from harness.offline import open_dataset
-        ds = open_dataset(data, ["proprio"])
-        have = sorted({m.task for m in ds.episodes})
-        ds.close()
+        with open_dataset(data, ["proprio"]) as ds:
+            have = sorted({m.task for m in ds.episodes})
+            icm = {t: sum(1 for m in ds.episodes if m.task == t and m.policy == "icm") for t in have}
         if have != sorted(data_tasks.split(",")):
             raise SystemExit(f"{data} holds data of {','.join(have)}, not of the --data-tasks asked for "
                              f"({data_tasks}); pass those --data-tasks, or another --workdir")
+        if policies == "icm":
+            for task, n in icm.items():
+                if n < episodes:
+                    print(f"ICM on {task}: {n} of {episodes} episodes there; collecting the rest",
+                          flush=True)
+                    subprocess.run(cli + ["collect", str(data), "--append", "--tasks", task, "--policies", "icm",
+                                          "--episodes", str(episodes - n), "--seed", str(n), *common], check=True)
     else:
-        subprocess.run(cli + ["collect", str(data), "--tasks", data_tasks, "--episodes", str(episodes), "--obs",
-                              "proprio", "--render-quality", "fast"]
-                       + (["--episode-frames", str(episode_frames)] if episode_frames else []), check=True)
+        subprocess.run(cli + ["collect", str(data), "--tasks", data_tasks, "--episodes", str(episodes), *common]
+                       + (["--policies", policies] if policies else []), check=True)
     if not (pre / "index" / "index.json").is_file():
         subprocess.run(cli + ["pretrain", "--data", str(data), "--preset", preset, "--obs", "proprio", "--steps",
                               str(steps), "--out", str(pre), "--threads", str(threads), "--build-index"], check=True)

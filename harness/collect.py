@@ -13,6 +13,10 @@ Source policies (the data's quality mix; recorded per episode as metadata, never
   vector) trained on the curiosity reward log(1 + ||s' - f(s, a)||) alone, from its first (uniform) seed
   frames on; every episode of its training is stored, so the data are mixed in quality by construction. The
   paper's kind of DMC data source (URLB, its ref. [28]). About 150 env frames/s with the tiny preset here.
+  Its replay and learning state live in ``<dataset>/explorers/<task>-icm/`` (saved whenever a shard is
+  committed, and when the collection is stopped): collecting the same task with ``--append`` again continues
+  that explorer's training, so a long collection can be stopped and resumed (with ``--workers`` above 1 each
+  setting's explorer starts afresh). Remove the folder to start a new explorer.
 - ``disagreement`` (any suite): an intrinsic-motivation explorer (``methods.gsa.explorer``): a backbone
   world model learns online and an actor-critic maximises the disagreement of an ensemble of predictors,
   in the spirit of the unsupervised RL agents the paper's DMC data came from. It keeps learning across the
@@ -227,8 +231,9 @@ class ExpertPolicy:
 
 
 def make_policy(setting: Setting, cfg: CollectConfig, action_dim: int, action_pad: int, proprio_pad: int,
-                rng: np.random.Generator) -> Any:
-    """``action_dim``: the embodiment's native action dim; policies return native actions."""
+                rng: np.random.Generator, explorer_dir: Path | None = None) -> Any:
+    """``action_dim``: the embodiment's native action dim; policies return native actions. ``explorer_dir``:
+    where a resumable explorer (icm) keeps its replay and state."""
     if setting.policy == "expert":
         return ExpertPolicy(setting.task, float(setting.noise or 0.0), rng)
     if setting.policy == "ou":
@@ -238,7 +243,7 @@ def make_policy(setting: Setting, cfg: CollectConfig, action_dim: int, action_pa
         from methods.gsa.curiosity import TINY as ICM_TINY
         from methods.gsa.curiosity import ICMExplorer
         icm = ICM_DEBUG if cfg.explorer_preset == "debug" else ICM_TINY
-        return ICMExplorer(icm, proprio_pad, action_pad, action_dim, rng, cfg.action_repeat)
+        return ICMExplorer(icm, proprio_pad, action_pad, action_dim, rng, cfg.action_repeat, workdir=explorer_dir)
     if setting.policy == "disagreement":
         from methods.gsa.explorer import DEBUG, DisagreementExplorer, ExplorerConfig
         return DisagreementExplorer(DEBUG if cfg.explorer_preset == "debug" else ExplorerConfig(), proprio_pad,
@@ -327,11 +332,25 @@ def _seeds(cfg: CollectConfig, existing: int, si: int) -> tuple[int, int]:
     return env_seed, pol_seed
 
 
+EXPLORERS_DIR = "explorers"   # in the dataset folder: the learning explorers' replays and states
+
+
+def explorer_dir(out: Path, s: Setting) -> Path:
+    """Where the explorer of setting ``s`` keeps its replay and state inside the dataset folder ``out``."""
+    return out / EXPLORERS_DIR / f"{s.task}-{s.label}"
+
+
 def collect_setting(si: int, s: Setting, cfg: CollectConfig, existing: int, action_pad: int, proprio_pad: int,
-                    stored: tuple[str, ...], sink: Callable[..., None]) -> dict[str, Any]:
+                    stored: tuple[str, ...], sink: Callable[..., Any], state_dir: Path | None = None,
+                    echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Collect every episode of one (task, policy, noise) setting, handing each to ``sink(episode, return,
     success, env_frames, provenance)`` as it ends; returns the setting's row of diagnostics. Runs in the
-    collecting process or in a worker process."""
+    collecting process or in a worker process.
+
+    ``state_dir`` (in the collecting process only): a resumable explorer (icm) continues from the state it
+    saved there, saves it again whenever ``sink`` says the dataset committed its episodes (returns True), and
+    when the collection is stopped (Ctrl-C, SIGTERM): collecting again continues the same explorer's
+    training instead of starting a new one."""
     from tasks.base import EnvConfig, make_env
     info = info_of(s)
     env_obs = cfg.obs_type
@@ -341,14 +360,27 @@ def collect_setting(si: int, s: Setting, cfg: CollectConfig, existing: int, acti
     env = make_env(s.task, EnvConfig(obs_type=env_obs, render_quality=cfg.render_quality,
                                      action_repeat=cfg.action_repeat, episode_frames=cfg.episode_frames,
                                      action_pad_dim=action_pad, proprio_pad_dim=proprio_pad), seed=env_seed)
-    policy = make_policy(s, cfg, info.action_dim, action_pad, proprio_pad, np.random.default_rng(pol_seed))
+    resumable = state_dir is not None and s.policy == "icm"
+    policy = make_policy(s, cfg, info.action_dim, action_pad, proprio_pad, np.random.default_rng(pol_seed),
+                         explorer_dir=state_dir if resumable else None)
+    if resumable and policy.load() and echo is not None:
+        echo(f"  {s.task} {s.label}: continuing the explorer saved in {state_dir} ({policy.steps:,} agent steps, "
+             f"{policy.updates:,} updates of training so far)")
     returns, successes = [], []
     try:
         for _ in range(cfg.episodes):
             ep, ret, success, frames = _run_episode(env, policy, action_pad, stored)
-            sink(ep, ret, success, frames, policy.provenance() if hasattr(policy, "provenance") else None)
+            committed = sink(ep, ret, success, frames, policy.provenance() if hasattr(policy, "provenance") else None)
+            if resumable and committed:
+                policy.save()
             returns.append(ret)
             successes.append(success)
+        if resumable:
+            policy.save()
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: the writer keeps the complete episodes; keep the learner too
+        if resumable:
+            policy.save()
+        raise
     finally:
         env.close()
     row = {"task": s.task, "embodiment": info.embodiment, "policy": s.policy, "noise": s.noise,
@@ -369,14 +401,17 @@ def _worker_setting(args: tuple[Any, ...]) -> tuple[list[Any], dict[str, Any]]:
 
 
 def _collect_settings(settings: list[Setting], cfg: CollectConfig, existing: int, action_pad: int,
-                      proprio_pad: int, stored: tuple[str, ...], write: Callable[..., None]) -> Any:
+                      proprio_pad: int, stored: tuple[str, ...], write: Callable[..., bool], out: Path,
+                      echo: Callable[[str], None]) -> Any:
     """Yield (index, setting, row) in the settings' order after ``write(index, setting, *episode)`` got each of
-    its episodes: collected here (``workers`` 1: each episode written as it ends) or by a pool of worker
-    processes (a setting's episodes written when it ends); either way the dataset is the same."""
+    its episodes: collected here (``workers`` 1: each episode written as it ends, explorers resumable) or by a
+    pool of worker processes (a setting's episodes written when it ends; explorers start afresh); either way
+    the dataset is the same."""
     args = [(si, s, cfg, existing, action_pad, proprio_pad, stored) for si, s in enumerate(settings)]
     if cfg.workers == 1 or len(settings) == 1:
         for a in args:
-            yield a[0], a[1], collect_setting(*a, sink=lambda *e, a=a: write(a[0], a[1], *e))
+            yield a[0], a[1], collect_setting(*a, sink=lambda *e, a=a: write(a[0], a[1], *e),
+                                              state_dir=explorer_dir(out, a[1]), echo=echo)
         return
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")   # no fork of a process holding simulators and threads
@@ -441,9 +476,11 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
                 done_in: dict[int, int] = {}
 
                 def write(si: int, s: Setting, ep: dict[str, np.ndarray], ret: float, success: float, frames: int,
-                          prov: Any) -> None:
+                          prov: Any) -> bool:
+                    """Add one episode; True when this committed the episodes so far to disk."""
                     nonlocal env_frames, episodes_done
                     info = info_of(s)
+                    committed_before = writer.episodes_written
                     writer.add_episode(ep, embodiment=info.embodiment, task=s.task, policy=s.policy, noise=s.noise,
                                        action_dim=info.action_dim, seed=_seeds(cfg, existing, si)[0], provenance=prov)
                     if "pixels" in ep and len(first_frames) < 64 and si not in done_in:
@@ -454,8 +491,10 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
                     bar.update(1)
                     bar.set_postfix(task=s.task, policy=s.label,
                                     fps=f"{env_frames / max(time.monotonic() - t0, 1e-6):.0f}")
+                    return writer.episodes_written != committed_before
 
-                for si, s, row in _collect_settings(settings, cfg, existing, action_pad, proprio_pad, stored, write):
+                for si, s, row in _collect_settings(settings, cfg, existing, action_pad, proprio_pad, stored, write,
+                                                    out, bar.write):
                     per_setting.append(row)
                     bar.write(f"  [{si + 1}/{len(settings)}] {s.task} {s.label}: {row['episodes']} episodes, mean return "
                               f"{row['mean_return']:.1f}"

@@ -345,6 +345,8 @@ def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | No
         if diff:
             raise HarnessError(f"reference {ref['path']} was made with other settings than these runs: "
                                f"{'; '.join(diff)}; run with those settings to compare with it")
+    if ref is not None and methods:   # the reference's rows and curves of the methods compared (and its multi-task row)
+        ref = ref | {"methods": {m: e for m, e in ref["methods"].items() if m in methods or m == REFERENCE}}
     mt, mt_seeds, left_out = (None, [], []) if methods and "multitask" in methods else \
         multitask_reference(rep, stream, signature, names, seeds)
     excluded += left_out

@@ -119,6 +119,9 @@ class EpisodeReplay:
             tmp = path.with_name(path.stem + ".tmp.npz")
             np.savez(tmp, **{k: v[start:end] for k, v in self._data.items()})
             tmp.replace(path)
+            for stale in self.directory.glob(f"{self.episodes:06d}-*.npz"):   # written after an older checkpoint
+                if stale != path and _FILE.match(stale.name):
+                    stale.unlink()
         self.episodes += 1
         self._open = False
 

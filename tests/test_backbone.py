@@ -247,6 +247,11 @@ def test_replay_reload_takes_exactly_the_checkpointed_episodes(tmp_path):
     for k, v in saved.items():
         assert np.array_equal(fresh._data[k][: len(fresh)], v), k
     assert len(list((tmp_path / "r").glob("*.npz"))) == 3  # reloading rewrote nothing
+    _episode(fresh, 7, rng)   # episode 2 again, of another length: the file left by the old run goes
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.npz")) == ["000000-6.npz", "000001-6.npz", "000002-8.npz"]
+    again = EpisodeReplay(tmp_path / "r")
+    again.load_state_dict(fresh.state_dict())
+    assert again.episodes == 3 and len(again) == 20
 
 
 def test_mixed_sampler_draws_fractions_and_labels_rows(tmp_path):

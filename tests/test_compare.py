@@ -111,6 +111,12 @@ def test_reference_results_round_trip_and_refuse_other_settings(mlflow_uri, tmp_
     assert [r["method"] for r in again.rows] == ["random", "ref:random"]
     assert again.rows[1]["avg_performance"] == made.rows[0]["avg_performance"]
     assert "ref:*" in (tmp_path / "b" / "comparison.md").read_text()
+    ref["methods"]["dreamer"] = ref["methods"]["random"]   # a reference of more methods than the user compares
+    ref_file.write_text(json.dumps(ref))
+    assert [r["method"] for r in compare("cmp", out_dir=tmp_path / "b2", reference=str(ref_file)).rows] == \
+        ["random", "ref:dreamer", "ref:random"]
+    only = compare("cmp", methods=["random"], out_dir=tmp_path / "b3", reference=str(ref_file))
+    assert [r["method"] for r in only.rows] == ["random", "ref:random"]   # --methods applies to the reference too
     # runs with another action repeat on another stream's name: refused, naming what differs
     other = StreamSpec("cmp2", STREAM.tasks, STREAM.eval)
     _run(tmp_path, 0, stream=other, action_repeat=4)

@@ -370,6 +370,51 @@ def test_icm_explorer_collects_reward_free_with_provenance(tmp_path, monkeypatch
     assert metas[-1].provenance["algorithm"] == "ddpg+icm (URLB)"
 
 
+def test_a_stopped_icm_collection_continues_the_same_explorer(tmp_path, monkeypatch, capsys):
+    """Collecting URLB's ICM data takes hours: a collection stopped by Ctrl-C or SIGTERM keeps its committed
+    episodes and the explorer's learning state, and collecting again continues that explorer's training (its
+    agent steps and updates go on) instead of starting a new one. Another explorer's state is refused."""
+    import torch
+
+    import harness.collect as hc
+    from harness.errors import HarnessError
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    base = dict(tasks=("walker-stand",), policies=("icm",), episode_frames=60, render_quality="fast",
+                obs_type="proprio", explorer_preset="debug", shard_steps=1)   # a commit after every episode
+    real, calls = hc._run_episode, []
+
+    def stopped_on_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt   # what SIGTERM becomes (harness.lifecycle.Terminated)
+        return real(*a, **k)
+    try:
+        monkeypatch.setattr(hc, "_run_episode", stopped_on_the_third)
+        with pytest.raises(KeyboardInterrupt):
+            hc.collect(tmp_path / "ds", CollectConfig(episodes=4, **base), echo=lambda *_: None, log_mlflow=False)
+        monkeypatch.setattr(hc, "_run_episode", real)
+        state = tmp_path / "ds" / "explorers" / "walker-stand-icm" / "explorer.pt"
+        assert state.is_file() and len(open_dataset(tmp_path / "ds").episodes) == 2
+        capsys.readouterr()
+        hc.collect(tmp_path / "ds", CollectConfig(episodes=2, append=True, seed=2, **base), echo=print,
+                   log_mlflow=False)
+        said = capsys.readouterr().out
+        with pytest.raises(HarnessError, match="another explorer"):
+            hc.collect(tmp_path / "ds", CollectConfig(episodes=1, append=True, **(base | {"explorer_preset": "tiny"})),
+                       echo=lambda *_: None, log_mlflow=False)
+    finally:
+        torch.set_num_threads(threads)
+    ds = open_dataset(tmp_path / "ds")
+    steps = sorted(m.provenance["train_agent_steps"] for m in ds.episodes)
+    assert steps == [[0, 30], [30, 60], [60, 90], [90, 120]], steps   # one explorer's training, no restart
+    updates = sorted(m.provenance["grad_updates"] for m in ds.episodes)
+    assert all(a[1] == b[0] for a, b in zip(updates, updates[1:])), updates
+    assert "continuing the explorer saved in" in said and "60 agent steps" in said, said
+    assert ds.summary()["episodes"] == 4
+
+
 def test_icm_reward_is_urlbs_and_its_models_learn():
     """r = log(1 + scale * ||s' - f(s, a)||); training on a fixed batch lowers the forward and inverse errors."""
     import torch

@@ -297,7 +297,9 @@ class _ShardStore(_Store):
         return {k: cols[k].read(off + a, off + b) for k in keys}
 
     def bytes_on_disk(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        """The manifest and the shards (not what else lives in the folder, e.g. collect's explorer states)."""
+        files = [self.root / MANIFEST_FILE, *(self.root / SHARDS_DIR).rglob("*")]
+        return sum(p.stat().st_size for p in files if p.is_file())
 
     def storage(self) -> dict[str, Any]:
         return {"compressed_columns": sorted(self._compression) or ["none"]}

@@ -23,7 +23,7 @@ CPU deviation: URLB's DDPG uses hidden 1024 and batch 1024 on states; the ``tiny
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +80,25 @@ class ICMExplorer:
 
     name = "icm"
 
+    STATE_FILE = "explorer.pt"
+
     def __init__(self, cfg: ICMConfig, proprio_dim: int, action_dim: int, native_dim: int,
-                 rng: np.random.Generator, action_repeat: int = 1, device: str = "cpu"):
+                 rng: np.random.Generator, action_repeat: int = 1, device: str = "cpu",
+                 workdir: Path | None = None):
+        """``workdir``: where the explorer keeps its replay (one file per episode) and, on :meth:`save`, its
+        state, so that :meth:`load` continues its training in a later process; None: all in memory."""
         self.cfg, self.native_dim, self.action_dim = cfg, native_dim, action_dim
+        self.dims = (proprio_dim, action_dim, native_dim, action_repeat)
         seed = int(rng.integers(2**31))
         torch.manual_seed(seed)
-        self._tmp = tempfile.TemporaryDirectory(prefix="icm-explorer-")   # DrQ-v2's workdir (nothing is written)
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="icm-explorer-")   # DrQ-v2's workdir (nothing written)
+            workdir = Path(self._tmp.name)
+        self.workdir = Path(workdir)
         ctx = MethodContext(("explore",), {"proprio": ((proprio_dim,), "float32")}, action_dim, seed, device,
-                            Path(self._tmp.name))
+                            self.workdir)
         self.agent = DrQV2(cfg.agent, ctx)
-        self.agent.replay = EpisodeReplay()                  # in memory
+        self.agent.replay = EpisodeReplay(None if hasattr(self, "_tmp") else self.workdir / "replay")
         mask = np.zeros(action_dim, np.float32)
         mask[:native_dim] = 1.0
         # seed frames and the std schedule count env frames: agent steps x the collection's action repeat
@@ -150,6 +159,36 @@ class ICMExplorer:
         self._episode_rewards.append(float(reward.mean()))
         self.metrics = {"icm_loss": float(icm_loss.detach()), "intrinsic_reward": float(reward.mean()),
                         "critic_q": out["critic/q"]}
+
+    # ------------------------------------------------------------------ continuing in a later process
+    def save(self) -> None:
+        """Write the explorer's whole learning state (weights, optimizers, the replay by episode count, counters,
+        random generators) to ``workdir/explorer.pt``, atomically."""
+        from harness import checkpoint
+        checkpoint.save(self.workdir / self.STATE_FILE, {
+            "kind": "icm-explorer", "config": checkpoint.to_plain(asdict(self.cfg)), "dims": list(self.dims),
+            "agent": self.agent.state_dict(), "icm": self.icm.state_dict(), "icm_opt": self.icm_opt.state_dict(),
+            "steps": self.steps, "updates": self.updates, "torch_rng": torch.get_rng_state()})
+
+    def load(self) -> bool:
+        """Continue from ``workdir/explorer.pt`` if it is there (False if not). A state made with another
+        configuration or other dimensions is a clear error, never silently mixed."""
+        from harness import checkpoint
+        from harness.errors import HarnessError
+        path = self.workdir / self.STATE_FILE
+        if not path.is_file():
+            return False
+        state = checkpoint.load(path)
+        mine = checkpoint.to_plain(asdict(self.cfg))
+        if state.get("kind") != "icm-explorer" or state.get("config") != mine or list(state.get("dims", [])) != list(self.dims):
+            raise HarnessError(f"{path} holds another explorer (config or dimensions differ from this collection's); "
+                               "remove it to start a new explorer, or collect with the settings that made it")
+        self.agent.load_state_dict(state["agent"])
+        self.icm.load_state_dict(state["icm"])
+        self.icm_opt.load_state_dict(state["icm_opt"])
+        self.steps, self.updates = int(state["steps"]), int(state["updates"])
+        torch.set_rng_state(state["torch_rng"])
+        return True
 
     def provenance(self) -> dict[str, Any]:
         """What made the episode just collected (its metadata in the dataset): the learner's training progress

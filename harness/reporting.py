@@ -43,8 +43,9 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def _client(uri: str) -> Any:
     """An ``MlflowClient`` whose store exists. On the embedded sqlite store the first process creates the tables
-    while holding an ``flock`` on ``<db>.lock``: two processes opening a fresh store at once (a sweep driver and a
-    user's query, two jobs) otherwise race in MLflow's migrations ("table ... already exists")."""
+    while holding an ``flock`` on the database's folder (no lock file is left behind): two processes opening a
+    fresh store at once (a sweep driver and a user's query, two jobs) otherwise race in MLflow's migrations
+    ("table ... already exists")."""
     from mlflow.tracking import MlflowClient  # mlflow sets its loggers up on import: quiet them after
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -53,8 +54,8 @@ def _client(uri: str) -> Any:
         return MlflowClient(uri)
     import fcntl
     try:
-        fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # a read-only folder: nobody can create tables there, so there is nothing to race
+        fd = os.open(db.parent, os.O_RDONLY)
+    except OSError:  # an unreadable folder: go without the lock
         return MlflowClient(uri)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

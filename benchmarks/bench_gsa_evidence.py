@@ -18,7 +18,8 @@ and run again: every stage is skipped or continued from what is on disk and in M
    guidance schedule gets the paper's share of the task (``jobs.guidance_sets``).
 4. **The report** (``benchmarks/results/gsa_evidence.{md,json,png}``): per task and method the seeds' final
    scores and AUC (mean of the evaluation scores) with 95% bootstrap CIs, gsa - dreamer with the CI of the
-   difference, the BC share of gsa's steps, whether the ablations are ordered as Fig. 6, the commit and the
+   difference, the BC share of gsa's steps, π_bc's own score per task (each guided run's prior acting alone,
+   ``diag_bc_prior.py``, next to random on the same episodes; evaluated once per run), whether the ablations are ordered as Fig. 6, the commit and the
    sweep id. Cells with fewer than 3 seeds are marked: the report says how far the sweep has come.
 """
 from __future__ import annotations
@@ -106,6 +107,23 @@ def diff_ci(a: np.ndarray, b: np.ndarray, reps: int = 10_000, seed: int = 0) -> 
     return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
+def bc_prior_scores(run_ids: list[str], cache: Path, episodes: int) -> dict[str, dict]:
+    """π_bc alone (``benchmarks/diag_bc_prior.py``) for finished runs that trained one: its score and that of
+    ``random`` on the same evaluation episodes. Cached per run id in ``cache``: a run is evaluated once."""
+    from benchmarks.diag_bc_prior import diagnose
+    from harness.errors import HarnessError
+    done = json.loads(cache.read_text()) if cache.is_file() else {}
+    for rid in run_ids:
+        if rid in done:
+            continue
+        try:
+            done[rid] = diagnose(rid, episodes)
+        except (HarnessError, KeyError, FileNotFoundError) as exc:   # no prior, or its checkpoint is gone
+            done[rid] = {"error": str(exc)}
+        cache.write_text(json.dumps(done, indent=1))
+    return {rid: done[rid] for rid in run_ids}
+
+
 def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: int, a: argparse.Namespace) -> dict:
     from harness.provenance import git_commit
     from harness.reporting import MlflowReporter
@@ -142,6 +160,14 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
                                    "auc_ci": bootstrap_ci(u), "run_ids": c["run_ids"]}
             if c["bc_share"]:
                 entry["methods"][m]["bc_share_mean"] = float(np.mean(c["bc_share"]))
+        guided = [rid for m in ("gsa", "gsa-p-g") for rid in cells[t].get(m, {}).get("run_ids", [])]
+        priors = [v for v in bc_prior_scores(guided, Path(a.workdir) / "bc_prior.json", a.bc_episodes).values()
+                  if "prior" in v]
+        if priors:   # what guidance hands the learner: π_bc acting alone, next to random on the same episodes
+            p, r = np.array([v["prior"]["score"] for v in priors]), np.array([v["random"]["score"] for v in priors])
+            entry["bc_prior"] = {"runs": len(priors), "episodes": a.bc_episodes, "score_mean": float(p.mean()),
+                                 "score_ci": bootstrap_ci(p), "random_score_mean": float(r.mean()),
+                                 "action_std_mean": float(np.mean([v["prior"]["action_std"] for v in priors]))}
         g, d = cells[t].get("gsa"), cells[t].get("dreamer")
         if g and d:
             lo, hi = diff_ci(np.array(g["final"]), np.array(d["final"]))
@@ -174,6 +200,11 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
             share = f"{v['bc_share_mean']:.2f}" if "bc_share_mean" in v else ""
             lines.append(f"| {t} | {m} | {len(v['seeds'])} | {v['final_mean']:.1f} [{fl:.1f}, {fh:.1f}] | "
                          f"{v['auc_mean']:.1f} [{al:.1f}, {ah:.1f}] | {share} |")
+        bc = out["tasks"][t].get("bc_prior")
+        if bc:
+            lo, hi = bc["score_ci"]
+            lines.append(f"| {t} | *π_bc alone* (gsa, gsa-p-g runs) | {bc['runs']} | {bc['score_mean']:.1f} "
+                         f"[{lo:.1f}, {hi:.1f}] (random {bc['random_score_mean']:.1f}) | | |")
         d = out["tasks"][t].get("gsa_minus_dreamer")
         if d:
             lines.append(f"| {t} | **gsa - dreamer** | {d['seeds']} | **{d['mean']:+.1f}** [{d['ci_low']:+.1f}, "
@@ -203,6 +234,8 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "evidence"))
+    ap.add_argument("--bc-episodes", type=int, default=5,
+                    help="evaluation episodes of π_bc alone per guided run in the report (diag_bc_prior.py)")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--summary-only", action="store_true")
     a = ap.parse_args()

@@ -1,6 +1,10 @@
 """What offline datasets hold: state coverage per embodiment, compared on equal numbers of states.
 
     .venv/bin/python benchmarks/bench_data_coverage.py LABEL=DATASET [LABEL=DATASET ...] [--states 20000]
+    .venv/bin/python benchmarks/bench_data_coverage.py noise=data/ou "icm-late=data/evidence?policy=icm&min_agent_steps=75000"
+
+``DATASET?policy=P&min_agent_steps=N`` takes only the episodes of source policy P and, for a learning explorer,
+those it collected after N agent steps of its training (``provenance.train_agent_steps``).
 
 For each embodiment present in every dataset, the same number of stored states is drawn from each
 (``--states``, uniformly over their steps, fixed seed) and measured in one frame, the pooled states
@@ -23,6 +27,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,13 +37,33 @@ sys.path.insert(0, str(ROOT))
 GRID_BINS, GRID_DIMS, KNN_K = 10, 3, 12
 
 
-def sample_states(path: str, embodiment: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+def selector(spec: str) -> tuple[str, Any]:
+    """``PATH?policy=P&min_agent_steps=N`` -> (PATH, a predicate on episode metadata)."""
+    from urllib.parse import parse_qs
+    path, _, query = spec.partition("?")
+    q = {k: v[-1] for k, v in parse_qs(query, strict_parsing=bool(query)).items()}
+    unknown = set(q) - {"policy", "min_agent_steps"}
+    if unknown:
+        raise SystemExit(f"{spec}: unknown selector {sorted(unknown)}; valid: policy, min_agent_steps")
+    policy, min_steps = q.get("policy"), int(q.get("min_agent_steps", 0))
+
+    def keep(m: Any) -> bool:
+        if policy is not None and m.policy != policy:
+            return False
+        return not min_steps or bool(m.provenance) and m.provenance["train_agent_steps"][0] >= min_steps
+    return path, keep
+
+
+def sample_states(spec: str, embodiment: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """(n, state dims) states and (n, action dims) actions of ``embodiment`` drawn uniformly over the dataset's
-    stored steps, and what the dataset holds of it (episodes, steps, policies)."""
+    stored steps (those ``spec``'s selector keeps), and what the dataset holds of it (episodes, steps, policies)."""
     from harness.offline import open_dataset
     from tasks.catalog import TASKS
+    path, keep = selector(spec)
     ds = open_dataset(path, ["proprio"])
-    eps = [i for i, m in enumerate(ds.episodes) if m.embodiment == embodiment]
+    eps = [i for i, m in enumerate(ds.episodes) if m.embodiment == embodiment and keep(m)]
+    if not eps:
+        raise SystemExit(f"{spec}: no {embodiment} episodes selected")
     dim = TASKS.get(ds.episodes[eps[0]].task).proprio_dim   # the embodiment's own dims (datasets pad differently)
     lengths = np.array([ds.episodes[i].length for i in eps])
     rng = np.random.default_rng(seed)
@@ -110,9 +135,10 @@ def main() -> None:
     from harness.offline import open_dataset
     named = dict(d.split("=", 1) for d in a.datasets)
     embodiments = None
-    for path in named.values():
+    for spec in named.values():
+        path, keep = selector(spec)
         ds = open_dataset(path, ["proprio"])
-        have = {m.embodiment for m in ds.episodes}
+        have = {m.embodiment for m in ds.episodes if keep(m)}
         ds.close()
         embodiments = have if embodiments is None else embodiments & have
     result = {"states_per_dataset": a.states, "datasets": named, "embodiments": {}}

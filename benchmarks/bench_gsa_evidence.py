@@ -5,14 +5,17 @@
 
 A long benchmark (about 40 CPU-minutes per learning run here, 30 of them), built to be stopped at any time
 and run again: every stage is skipped or continued from what is on disk and in MLflow.
-1. **Data** (``work/data``, proprio, padded to 39-d states and 6-d actions): Meta-World's scripted experts with
+1. **Data** per benchmark (``work/data-metaworld``, ``work/data-dmc``; proprio, padded to 39-d states and 6-d
+   actions): Meta-World's scripted experts with
    the paper's Gaussian noise sigma in {0.1, 0.3, 0.5, 1.0, 2.0} on the CW10 tasks and the Meta-World evidence
    tasks (``--mw-episodes`` per task and sigma), and for each DMC evidence task's embodiment every episode of
    URLB's ICM agent learning from curiosity alone (``--icm-episodes``; ``cli.py collect --policies icm``). No
    reward is stored. If the ICM collection was stopped, the same explorer continues from its last saved state
    (``collect``'s ``<data>/explorers/``) and collects the missing episodes.
-2. **Pre-training** a ``tiny`` world model on it (``--pretrain-steps``, resumed if stopped) and the retrieval
-   index.
+2. **Pre-training** one ``tiny`` world model per benchmark, as the paper does (Sec. 3.2: "we train one world
+   model per benchmark"), on that benchmark's data (``--pretrain-steps``, resumed if stopped), and its retrieval
+   index. ``--tasks push-v3`` prepares and runs one benchmark alone, so that the Meta-World runs can go while
+   the DMC explorer still collects (``--tasks walker-walk --prepare-only`` beside it).
 3. **The sweep** ``gsa-evidence`` (``cli.py sweep``'s API): each evidence task alone for ``--frames`` env
    frames, methods gsa, gsa-p, gsa-p-er, gsa-p-g (Fig. 6), dreamer, random, 3 seeds, seed-major; gsa's
    guidance schedule gets the paper's share of the task (``jobs.guidance_sets``).
@@ -42,6 +45,7 @@ from benchmarks.jobs import guidance_sets, run_jobs, run_stream_options  # noqa:
 
 METHODS = "gsa,gsa-p,gsa-p-er,gsa-p-g,dreamer,random"
 SWEEP = "gsa-evidence"
+EVIDENCE_TASKS = "walker-walk,push-v3"
 PROPRIO_PAD, ACTION_PAD = 39, 6           # Meta-World's 39-d state; the walker's and cheetah's 6 actions
 
 
@@ -49,62 +53,51 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], check=True)
 
 
-def prepare(work: Path, tasks: list[str], a: argparse.Namespace) -> Path:
-    """The dataset and the pre-trained model (+ index); each stage skipped or continued when on disk."""
+def prepare(work: Path, tasks: list[str], a: argparse.Namespace) -> dict[str, Path]:
+    """Per benchmark (suite) of ``tasks``, its dataset ``work/data-<suite>`` and its pre-trained model (+ index)
+    ``work/pretrained-<suite>``: one world model per benchmark, as the paper trains them (Sec. 3.2). Each stage
+    is skipped or continued when on disk; returns {suite: pre-trained folder}."""
+    from harness.collect import PAPER_NOISE, expand_tasks
     from harness.offline import MANIFEST_FILE, open_dataset
     from tasks.catalog import TASKS
-    data, pre = work / "data", work / "pretrained"
-    mw = [t for t in tasks if TASKS.get(t).suite == "metaworld"]
-    dmc = [t for t in tasks if TASKS.get(t).suite == "dmc"]
     common = ["--obs", "proprio", "--render-quality", "fast", "--proprio-pad-dim", str(PROPRIO_PAD),
               "--action-pad-dim", str(ACTION_PAD)]
+    out = {}
+    for suite in dict.fromkeys(TASKS.get(t).suite for t in tasks):
+        data, pre = work / f"data-{suite}", work / f"pretrained-{suite}"
 
-    def have(policy: str, **meta: str) -> int:
-        if not (data / MANIFEST_FILE).is_file():
-            return 0
-        with open_dataset(data, ["proprio"]) as ds:
-            return sum(1 for m in ds.episodes if m.policy == policy and all(getattr(m, k) == v for k, v in meta.items()))
+        def have(policy: str, data: Path = data, **meta: str) -> int:
+            if not (data / MANIFEST_FILE).is_file():
+                return 0
+            with open_dataset(data, ["proprio"]) as ds:
+                return sum(1 for m in ds.episodes
+                           if m.policy == policy and all(getattr(m, k) == v for k, v in meta.items()))
 
-    def collect(*args: str) -> None:
-        cli("collect", str(data), *(["--append"] if (data / MANIFEST_FILE).is_file() else []), *args, *common)
+        def collect(*args: str, data: Path = data) -> None:
+            cli("collect", str(data), *(["--append"] if (data / MANIFEST_FILE).is_file() else []), *args, *common)
 
-    from harness.collect import PAPER_NOISE, expand_tasks
-    for task in expand_tasks(["stream:cw10", *mw]):       # the paper's noisy experts, every sigma
-        if have("expert", task=task) < len(PAPER_NOISE) * a.mw_episodes:
-            collect("--tasks", task, "--episodes", str(a.mw_episodes))
-    for task in dmc:                                      # URLB's ICM agent, every episode of its training
-        n = have("icm", embodiment=TASKS.get(task).embodiment)
-        if n < a.icm_episodes:
-            print(f"ICM on {task}: {n} of {a.icm_episodes} episodes there; collecting the rest", flush=True)
-            collect("--tasks", task, "--policies", "icm", "--episodes", str(a.icm_episodes - n), "--seed", str(n))
-    if not (pre / "pretrain.json").is_file():
-        cli("pretrain", "--data", str(data), "--preset", a.preset, "--obs", "proprio", "--steps", str(a.pretrain_steps),
-            "--out", str(pre), "--threads", str(a.pretrain_threads), "--build-index")
-    elif not (pre / "index" / "index.json").is_file():
-        from methods.backbone.checkpoint import load
-        done = int(load(pre / "checkpoint.pt")["grad_updates"])
-        if done < a.pretrain_steps:
-            cli("pretrain", "--resume", str(pre), "--threads", str(a.pretrain_threads), "--build-index")
-        else:
-            cli("build-index", str(pre))
-    return pre
-
-
-def bootstrap_ci(x: np.ndarray, reps: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    x = np.asarray(x, float)
-    if len(x) < 2:
-        return float("nan"), float("nan")
-    means = np.random.default_rng(seed).choice(x, (reps, len(x))).mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def diff_ci(a: np.ndarray, b: np.ndarray, reps: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap CI of mean(a) - mean(b), seeds resampled within each method."""
-    if len(a) < 2 or len(b) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    d = rng.choice(a, (reps, len(a))).mean(1) - rng.choice(b, (reps, len(b))).mean(1)
-    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+        if suite == "metaworld":   # the paper's noisy experts, every sigma, on CW10 and the evidence tasks
+            for task in expand_tasks(["stream:cw10", *[t for t in tasks if TASKS.get(t).suite == suite]]):
+                if have("expert", task=task) < len(PAPER_NOISE) * a.mw_episodes:
+                    collect("--tasks", task, "--episodes", str(a.mw_episodes))
+        else:                      # URLB's ICM agent per embodiment, every episode of its training
+            for task in [t for t in tasks if TASKS.get(t).suite == suite]:
+                n = have("icm", embodiment=TASKS.get(task).embodiment)
+                if n < a.icm_episodes:
+                    print(f"ICM on {task}: {n} of {a.icm_episodes} episodes there; collecting the rest", flush=True)
+                    collect("--tasks", task, "--policies", "icm", "--episodes", str(a.icm_episodes - n), "--seed", str(n))
+        if not (pre / "pretrain.json").is_file():
+            cli("pretrain", "--data", str(data), "--preset", a.preset, "--obs", "proprio", "--steps",
+                str(a.pretrain_steps), "--out", str(pre), "--threads", str(a.pretrain_threads), "--build-index")
+        elif not (pre / "index" / "index.json").is_file():
+            from methods.backbone.checkpoint import load
+            done = int(load(pre / "checkpoint.pt")["grad_updates"])
+            if done < a.pretrain_steps:
+                cli("pretrain", "--resume", str(pre), "--threads", str(a.pretrain_threads), "--build-index")
+            else:
+                cli("build-index", str(pre))
+        out[suite] = pre
+    return out
 
 
 def bc_prior_scores(run_ids: list[str], cache: Path, episodes: int) -> dict[str, dict]:
@@ -220,7 +213,8 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default="walker-walk,push-v3")
+    ap.add_argument("--tasks", default=EVIDENCE_TASKS,
+                    help=f"the tasks to prepare and run now (the report covers {EVIDENCE_TASKS} and these)")
     ap.add_argument("--methods", default=METHODS)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--frames", type=int, default=20_000, help="env frames per run")
@@ -244,17 +238,18 @@ def main() -> None:
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if not a.summary_only:
-        pre = prepare(work, tasks, a)
+        pres = prepare(work, tasks, a)
         if a.prepare_only:
             return
+        from tasks.catalog import TASKS
         streams = {t: stream_file(t, a.frames, a.eval_every, a.eval_episodes, work)[1] for t in tasks}
         jobs = [(f"{m}-{t}-seed{s}", run_stream_options(streams[t], m, s, preset=a.preset,
                                                          sets=method_overrides(m, [], guidance_sets(a.frames)),
-                                                         pretrained=pre, runs_dir=work / "runs"))
+                                                         pretrained=pres[TASKS.get(t).suite], runs_dir=work / "runs"))
                 for s in seeds for t in tasks for m in methods]
         print(f"{len(jobs)} runs in sweep {SWEEP}, {a.parallel} at once", flush=True)
         run_jobs(jobs, SWEEP, a.parallel, work / "logs", echo=lambda line: print(line, flush=True))
-    summarize(tasks, methods, seeds, a.frames, a)
+    summarize(list(dict.fromkeys(EVIDENCE_TASKS.split(",") + tasks)), methods, seeds, a.frames, a)
 
 
 if __name__ == "__main__":

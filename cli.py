@@ -595,10 +595,13 @@ def _csv(value: str | None, kind: type, what: str) -> tuple:
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Settings (task x policy x noise) collected in parallel processes, one thread each; the "
                    "dataset is the same for any number.")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="torch threads of the learning explorers (icm, disagreement) with --workers 1 (0: the free "
+                   "cores, 1 on a busy machine).")
 def collect_cmd(out: str, tasks_: str, episodes: int, policies: str | None, noise: str | None, obs_type: str,
                 render_quality: str, action_repeat: int, episode_frames: int | None, action_pad_dim: int | None,
                 proprio_pad_dim: int | None, shard_steps: int, compression: str, seed: int, append: bool,
-                explorer_preset: str, workers: int) -> None:
+                explorer_preset: str, workers: int, threads: int) -> None:
     """Collect reward-free offline data into dataset directory OUT (shards + manifest); describe it in MLflow."""
     from harness.collect import CollectConfig, collect, expand_tasks, plan
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering on the CPU
@@ -607,7 +610,7 @@ def collect_cmd(out: str, tasks_: str, episodes: int, policies: str | None, nois
                         noise=_csv(noise, float, "--noise"), obs_type=obs_type, render_quality=render_quality,
                         action_repeat=action_repeat, episode_frames=episode_frames, action_pad_dim=action_pad_dim,
                         proprio_pad_dim=proprio_pad_dim, shard_steps=shard_steps, compression=compression, seed=seed,
-                        append=append, explorer_preset=explorer_preset, workers=workers).validate()
+                        append=append, explorer_preset=explorer_preset, workers=workers, threads=threads).validate()
     settings = plan(cfg)
     click.echo(f"{len(settings)} settings x {episodes} episodes: " +
                ", ".join(f"{s.task}/{s.label}" for s in settings[:12]) + (" ..." if len(settings) > 12 else ""))

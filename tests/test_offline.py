@@ -398,9 +398,10 @@ def test_a_stopped_icm_collection_continues_the_same_explorer(tmp_path, monkeypa
         state = tmp_path / "ds" / "explorers" / "walker-stand-icm" / "explorer.pt"
         assert state.is_file() and len(open_dataset(tmp_path / "ds").episodes) == 2
         capsys.readouterr()
-        hc.collect(tmp_path / "ds", CollectConfig(episodes=2, append=True, seed=2, **base), echo=print,
+        hc.collect(tmp_path / "ds", CollectConfig(episodes=2, append=True, seed=2, threads=2, **base), echo=print,
                    log_mlflow=False)
         said = capsys.readouterr().out
+        assert torch.get_num_threads() == 1, "collect must give the caller its thread count back"
         with pytest.raises(HarnessError, match="another explorer"):
             hc.collect(tmp_path / "ds", CollectConfig(episodes=1, append=True, **(base | {"explorer_preset": "tiny"})),
                        echo=lambda *_: None, log_mlflow=False)

@@ -18,7 +18,9 @@ and run again: every stage is skipped or continued from what is on disk and in M
    the DMC explorer still collects (``--tasks walker-walk --prepare-only`` beside it).
 3. **The sweep** ``gsa-evidence`` (``cli.py sweep``'s API): each evidence task alone for ``--frames`` env
    frames, methods gsa, gsa-p, gsa-p-er, gsa-p-g (Fig. 6), dreamer, random, 3 seeds, seed-major; gsa's
-   guidance schedule gets the paper's share of the task (``jobs.guidance_sets``).
+   guidance schedule gets the paper's share of the task (``jobs.guidance_sets``), and retrieval keeps the
+   paper's share of one task's (embodiment's) trajectories (``retrieve_k``: 25 on Meta-World, 125 on DMC with
+   the defaults; the paper's 500 would be all of our Meta-World data).
 4. **The report** (``benchmarks/results/gsa_evidence.{md,json,png}``): per task and method the seeds' final
    scores and AUC (mean of the evaluation scores) with 95% bootstrap CIs, gsa - dreamer with the CI of the
    difference, the BC share of gsa's steps, π_bc's own score per task (each guided run's prior acting alone,
@@ -46,6 +48,17 @@ from benchmarks.jobs import guidance_sets, run_jobs, run_stream_options  # noqa:
 METHODS = "gsa,gsa-p,gsa-p-er,gsa-p-g,dreamer,random"
 SWEEP = "gsa-evidence"
 EVIDENCE_TASKS = "walker-walk,push-v3"
+# Retrieval at this data scale (a CPU-scale deviation, fixed before any result): the paper keeps the 500 nearest
+# trajectories (ncrl) of a dataset 100x ours: 1,000 per Meta-World task (50k over 50 tasks) and 2,000 per DMC
+# embodiment (10k over 5). 500 of our 500 Meta-World trajectories would be all of them (a push-v3 query gets 10%
+# push-v3), so k keeps the paper's share of one task's (embodiment's) data: 500 / 1,000 and 500 / 2,000.
+PAPER_K, PAPER_TRAJECTORIES = 500, {"metaworld": 1_000, "dmc": 2_000}
+
+
+def retrieve_k(suite: str, a: argparse.Namespace) -> int:
+    """The paper's share of one task's (Meta-World) or embodiment's (DMC) trajectories, on our data."""
+    ours = {"metaworld": 5 * a.mw_episodes, "dmc": a.icm_episodes}[suite]   # 5 noise levels per expert task
+    return max(1, round(PAPER_K * ours / PAPER_TRAJECTORIES[suite]))
 PROPRIO_PAD, ACTION_PAD = 39, 6           # Meta-World's 39-d state; the walker's and cheetah's 6 actions
 
 
@@ -243,8 +256,10 @@ def main() -> None:
             return
         from tasks.catalog import TASKS
         streams = {t: stream_file(t, a.frames, a.eval_every, a.eval_episodes, work)[1] for t in tasks}
-        jobs = [(f"{m}-{t}-seed{s}", run_stream_options(streams[t], m, s, preset=a.preset,
-                                                         sets=method_overrides(m, [], guidance_sets(a.frames)),
+        def sets(m: str, t: str) -> list[str]:
+            k = [f"retrieve_k={retrieve_k(TASKS.get(t).suite, a)}"] if m.startswith("gsa") else []
+            return method_overrides(m, k, guidance_sets(a.frames))
+        jobs = [(f"{m}-{t}-seed{s}", run_stream_options(streams[t], m, s, preset=a.preset, sets=sets(m, t),
                                                          pretrained=pres[TASKS.get(t).suite], runs_dir=work / "runs"))
                 for s in seeds for t in tasks for m in methods]
         print(f"{len(jobs)} runs in sweep {SWEEP}, {a.parallel} at once", flush=True)

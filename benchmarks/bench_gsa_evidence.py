@@ -24,8 +24,9 @@ and run again: every stage is skipped or continued from what is on disk and in M
 4. **The report** (``benchmarks/results/gsa_evidence.{md,json,png}``): per task and method the seeds' final
    scores and AUC (mean of the evaluation scores) with 95% bootstrap CIs, gsa - dreamer with the CI of the
    difference, the BC share of gsa's steps, π_bc's own score per task (each guided run's prior acting alone,
-   ``diag_bc_prior.py``, next to random on the same episodes; evaluated once per run), whether the ablations are ordered as Fig. 6, the commit and the
-   sweep id. Cells with fewer than 3 seeds are marked: the report says how far the sweep has come.
+   ``diag_bc_prior.py``, next to random on the same episodes; evaluated once per run), whether the ablations
+   are ordered as Fig. 6, the commit and the sweep id. Cells with fewer than 3 seeds are marked: the report
+   says how far the sweep has come.
 """
 from __future__ import annotations
 
@@ -111,6 +112,23 @@ def prepare(work: Path, tasks: list[str], a: argparse.Namespace) -> dict[str, Pa
                 cli("build-index", str(pre))
         out[suite] = pre
     return out
+
+
+def bootstrap_ci(x: np.ndarray, reps: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    x = np.asarray(x, float)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    means = np.random.default_rng(seed).choice(x, (reps, len(x))).mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def diff_ci(a: np.ndarray, b: np.ndarray, reps: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap CI of mean(a) - mean(b), seeds resampled within each method."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    d = rng.choice(a, (reps, len(a))).mean(1) - rng.choice(b, (reps, len(b))).mean(1)
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
 def bc_prior_scores(run_ids: list[str], cache: Path, episodes: int) -> dict[str, dict]:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
 from benchmarks.bench_gsa import method_overrides, plot_task_curves, stream_file  # noqa: E402
-from benchmarks.jobs import guidance_sets, run_jobs, run_stream_options  # noqa: E402
+from benchmarks.jobs import guidance_sets, icm_top_up, run_jobs, run_stream_options  # noqa: E402
 
 METHODS = "gsa,gsa-p,gsa-p-er,gsa-p-g,dreamer,random"
 SWEEP = "gsa-evidence"
@@ -58,7 +58,8 @@ PAPER_K, PAPER_TRAJECTORIES = 500, {"metaworld": 1_000, "dmc": 2_000}
 
 def retrieve_k(suite: str, a: argparse.Namespace) -> int:
     """The paper's share of one task's (Meta-World) or embodiment's (DMC) trajectories, on our data."""
-    ours = {"metaworld": 5 * a.mw_episodes, "dmc": a.icm_episodes}[suite]   # 5 noise levels per expert task
+    from harness.collect import PAPER_NOISE
+    ours = {"metaworld": len(PAPER_NOISE) * a.mw_episodes, "dmc": a.icm_episodes}[suite]
     return max(1, round(PAPER_K * ours / PAPER_TRAJECTORIES[suite]))
 PROPRIO_PAD, ACTION_PAD = 39, 6           # Meta-World's 39-d state; the walker's and cheetah's 6 actions
 
@@ -96,10 +97,8 @@ def prepare(work: Path, tasks: list[str], a: argparse.Namespace) -> dict[str, Pa
                     collect("--tasks", task, "--episodes", str(a.mw_episodes))
         else:                      # URLB's ICM agent per embodiment, every episode of its training
             for task in [t for t in tasks if TASKS.get(t).suite == suite]:
-                n = have("icm", embodiment=TASKS.get(task).embodiment)
-                if n < a.icm_episodes:
-                    print(f"ICM on {task}: {n} of {a.icm_episodes} episodes there; collecting the rest", flush=True)
-                    collect("--tasks", task, "--policies", "icm", "--episodes", str(a.icm_episodes - n), "--seed", str(n))
+                icm_top_up([sys.executable, str(ROOT / "cli.py")], data, task,
+                           have("icm", embodiment=TASKS.get(task).embodiment), a.icm_episodes, common)
         if not (pre / "pretrain.json").is_file():
             cli("pretrain", "--data", str(data), "--preset", a.preset, "--obs", "proprio", "--steps",
                 str(a.pretrain_steps), "--out", str(pre), "--threads", str(a.pretrain_threads), "--build-index")

@@ -25,6 +25,17 @@ def run_jobs(items: Sequence[tuple[str, RunOptions]], sweep: str, parallel: int,
     return {r.label: r for r in report.results}
 
 
+def icm_top_up(cli: list[str], data: Path, task: str, have: int, episodes: int, args: list[str]) -> None:
+    """Collect ``task``'s missing ICM episodes (``have`` of ``episodes`` there) into ``data``: a stopped
+    collection's explorer continues from its saved state (``collect``'s ``<data>/explorers/``)."""
+    if have >= episodes:
+        return
+    print(f"ICM on {task}: {have} of {episodes} episodes there; collecting the rest", flush=True)
+    subprocess.run(cli + ["collect", str(data), *(["--append"] if (data / "manifest.json").is_file() else []),
+                          "--tasks", task, "--policies", "icm", "--episodes", str(episodes - have),
+                          "--seed", str(have), *args], check=True)
+
+
 def prepare_pretrained(cli: list[str], work: Path, data_tasks: str, episodes: int, preset: str, steps: int,
                        threads: int, episode_frames: int | None = None,
                        policies: str | None = None) -> tuple[Path, Path]:
@@ -47,11 +58,7 @@ def prepare_pretrained(cli: list[str], work: Path, data_tasks: str, episodes: in
                              f"({data_tasks}); pass those --data-tasks, or another --workdir")
         if policies == "icm":
             for task, n in icm.items():
-                if n < episodes:
-                    print(f"ICM on {task}: {n} of {episodes} episodes there; collecting the rest",
-                          flush=True)
-                    subprocess.run(cli + ["collect", str(data), "--append", "--tasks", task, "--policies", "icm",
-                                          "--episodes", str(episodes - n), "--seed", str(n), *common], check=True)
+                icm_top_up(cli, data, task, n, episodes, common)
     else:
         subprocess.run(cli + ["collect", str(data), "--tasks", data_tasks, "--episodes", str(episodes), *common]
                        + (["--policies", policies] if policies else []), check=True)

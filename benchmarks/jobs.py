@@ -17,8 +17,15 @@ def run_jobs(items: Sequence[tuple[str, RunOptions]], sweep: str, parallel: int,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``(label, run-stream options)`` through the sweep API (``harness/sweep.py``: idempotent, killed jobs
     resumed, one MLflow writer), ``parallel`` at once with one thread each; returns ``{label: JobResult}``.
-    Run the benchmark again and its finished runs are skipped (their JobResult says SKIPPED, wall 0)."""
+    Run the benchmark again and its finished runs are skipped (their JobResult says SKIPPED, wall 0).
+
+    SIGTERM to the benchmark (``kill``, a scheduler's stop) then stops its jobs as it does ``cli.py sweep``'s
+    driver: each job checkpoints and ends KILLED, the sweep's tracking server goes too, and the next run
+    continues them. Without the handler (the CLI installs it at its entry; a script must too) Python died at
+    once and left its job processes and the server running."""
+    from harness.lifecycle import handle_sigterm
     from harness.sweep import make_backend, make_jobs, run_sweep
+    handle_sigterm()
     jobs = make_jobs([(label, dataclasses.replace(o, threads=1)) for label, o in items], sweep)
     report = run_sweep(jobs, sweep, make_backend("local", concurrency=max(1, parallel), cpus_per_job=1),
                        log_dir=str(logs), echo=echo)

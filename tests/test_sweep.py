@@ -244,6 +244,43 @@ def test_sigterm_to_the_driver_stops_its_jobs_and_a_rerun_continues_them(mlflow_
         sorted(r.info.run_id for r in parents), again
 
 
+def test_sigterm_to_a_benchmark_driving_a_sweep_stops_its_jobs_too(mlflow_uri, tmp_path):
+    """The benchmarks drive sweeps from Python (``benchmarks/jobs.run_jobs``), without the CLI's entry: a
+    SIGTERM to such a script must stop its jobs as `sweep`'s does. It used to kill the script alone and leave
+    the job processes (and the sweep's tracking server) running."""
+    import subprocess
+    import sys
+    script = (
+        "import sys; sys.path.insert(0, {root!r})\n"
+        "from pathlib import Path\n"
+        "from benchmarks.jobs import run_jobs, run_stream_options\n"
+        "jobs = [(f'random-{{s}}', run_stream_options('quick', 'random', s, preset='tiny', sets=[], pretrained=None,\n"
+        "         runs_dir=Path({runs!r}), frames_per_task=100000, eval_every=100000, eval_episodes=1))\n"
+        "        for s in (0, 1)]\n"
+        "run_jobs(jobs, 'bench-stop-test', 2, Path({logs!r}))\n"
+    ).format(root=str(Path(cli.__file__).parent), runs=str(tmp_path / "runs"), logs=str(tmp_path / "logs"))
+    from harness.reporting import MlflowReporter
+    client = MlflowReporter(mlflow_uri).client
+    driver = subprocess.Popen([sys.executable, "-c", script], env=os.environ | {"MLFLOW_TRACKING_URI": mlflow_uri},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    pids: list[int] = []
+    deadline = time.monotonic() + 240
+    while len(pids) < 2 and time.monotonic() < deadline and driver.poll() is None:
+        pids = [int(client.get_run(r.info.run_id).data.tags["heartbeat.pid"])
+                for r in _parents(mlflow_uri, "bench-stop-test")
+                if r.info.status == "RUNNING" and "heartbeat.pid" in client.get_run(r.info.run_id).data.tags]
+        time.sleep(0.5)
+    assert len(pids) == 2, driver.communicate()[0] if driver.poll() is not None else "jobs did not start"
+    driver.send_signal(signal.SIGTERM)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode != 0, out
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    parents = _parents(mlflow_uri, "bench-stop-test")
+    assert {r.info.status for r in parents} == {"KILLED"}, [r.info.status for r in parents]
+
+
 def test_ft_reference_is_a_run_option_with_its_flag_and_checked():
     """`--ft-reference METHOD` travels from the sweep to the run-stream command and into the run's config."""
     from harness.launch import RunOptions

@@ -268,6 +268,9 @@ def main() -> None:
                     help="evaluation episodes of π_bc alone per guided run in the report (diag_bc_prior.py)")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--save-references", action="store_true",
+                    help="also ship each task's finished runs as a reference (benchmarks/results/reference/"
+                         "gsa-evidence-<task>.json, `cli.py compare --save-reference`) for `compare --reference`")
     a = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     tasks, methods, seeds = a.tasks.split(","), a.methods.split(","), [int(s) for s in a.seeds.split(",")]
@@ -287,7 +290,28 @@ def main() -> None:
                 for tier in (True, False) for s in seeds for t in tasks for m in methods if (m in HEADLINE) == tier]
         print(f"{len(jobs)} runs in sweep {SWEEP}, {a.parallel} at once", flush=True)
         run_jobs(jobs, SWEEP, a.parallel, work / "logs", echo=lambda line: print(line, flush=True))
-    summarize(list(dict.fromkeys(EVIDENCE_TASKS.split(",") + tasks)), methods, seeds, a.frames, a)
+    report = list(dict.fromkeys(EVIDENCE_TASKS.split(",") + tasks))
+    out = summarize(report, methods, seeds, a.frames, a)
+    if a.save_references:   # the methods with finished runs so far; rewritten as the sweep goes on
+        save_references({t: [m for m in methods if m in out["tasks"][t]["methods"]] for t in report}, seeds,
+                        a.frames, work)
+
+
+def save_references(tasks: dict[str, list[str]], seeds: list[int], frames: int, work: Path) -> None:
+    """Each task's finished runs of the sweep as a shipped reference: a user's runs of the same stream file
+    (``work/bench-<task>-<k>k.toml``) and settings are then shown against it by ``compare --reference auto``."""
+    from harness.compare import compare
+    from harness.errors import HarnessError
+    for t, methods in tasks.items():
+        if not methods:
+            print(f"no reference for {t}: no finished run yet", flush=True)
+            continue
+        name = f"bench-{t}-{frames // 1000}k"           # stream_file's name (the file itself is the sweep's)
+        try:
+            compare(name, methods, seeds, out_dir=work / "compare" / name, sweep=SWEEP,
+                    save_reference=OUT / "reference" / f"{SWEEP}-{t}.json")
+        except HarnessError as exc:   # no finished run of this task yet: say so, ship the others
+            print(f"no reference for {t}: {exc}", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,15 +32,38 @@ def run_jobs(items: Sequence[tuple[str, RunOptions]], sweep: str, parallel: int,
     return {r.label: r for r in report.results}
 
 
+def run_child(cmd: Sequence[str], stop_wait_s: float = 600.0) -> None:
+    """``subprocess.run(cmd, check=True)`` for a benchmark's preparation (``collect``, ``pretrain``) that passes a
+    SIGTERM on: the child runs in its own session (a signal to the benchmark's process group reaches it once,
+    from here), gets SIGTERM, stops as the CLI does (complete episodes, the explorer's or pre-training's
+    checkpoint kept) and is waited for before the benchmark ends; a rerun continues from there. Without this a
+    killed benchmark left its child running alone to the end."""
+    from harness.lifecycle import Terminated, handle_sigterm
+    handle_sigterm()
+    proc = subprocess.Popen(list(cmd), start_new_session=True)
+    try:
+        rc = proc.wait()
+    except BaseException:    # SIGTERM (Terminated) or Ctrl-C here: stop the child the same way, then leave
+        proc.terminate()
+        try:
+            proc.wait(timeout=stop_wait_s)
+        except (subprocess.TimeoutExpired, Terminated):
+            proc.kill()
+            proc.wait()
+        raise
+    if rc:
+        raise subprocess.CalledProcessError(rc, list(cmd))
+
+
 def icm_top_up(cli: list[str], data: Path, task: str, have: int, episodes: int, args: list[str]) -> None:
     """Collect ``task``'s missing ICM episodes (``have`` of ``episodes`` there) into ``data``: a stopped
     collection's explorer continues from its saved state (``collect``'s ``<data>/explorers/``)."""
     if have >= episodes:
         return
     print(f"ICM on {task}: {have} of {episodes} episodes there; collecting the rest", flush=True)
-    subprocess.run(cli + ["collect", str(data), *(["--append"] if (data / "manifest.json").is_file() else []),
-                          "--tasks", task, "--policies", "icm", "--episodes", str(episodes - have),
-                          "--seed", str(have), *args], check=True)
+    run_child(cli + ["collect", str(data), *(["--append"] if (data / "manifest.json").is_file() else []),
+                     "--tasks", task, "--policies", "icm", "--episodes", str(episodes - have), "--seed", str(have),
+                     *args])
 
 
 def prepare_pretrained(cli: list[str], work: Path, data_tasks: str, episodes: int, preset: str, steps: int,
@@ -67,11 +90,11 @@ def prepare_pretrained(cli: list[str], work: Path, data_tasks: str, episodes: in
             for task, n in icm.items():
                 icm_top_up(cli, data, task, n, episodes, common)
     else:
-        subprocess.run(cli + ["collect", str(data), "--tasks", data_tasks, "--episodes", str(episodes), *common]
-                       + (["--policies", policies] if policies else []), check=True)
+        run_child(cli + ["collect", str(data), "--tasks", data_tasks, "--episodes", str(episodes), *common]
+                  + (["--policies", policies] if policies else []))
     if not (pre / "index" / "index.json").is_file():
-        subprocess.run(cli + ["pretrain", "--data", str(data), "--preset", preset, "--obs", "proprio", "--steps",
-                              str(steps), "--out", str(pre), "--threads", str(threads), "--build-index"], check=True)
+        run_child(cli + ["pretrain", "--data", str(data), "--preset", preset, "--obs", "proprio", "--steps",
+                         str(steps), "--out", str(pre), "--threads", str(threads), "--build-index"])
     return data, pre
 
 

@@ -293,3 +293,40 @@ def test_ft_reference_is_a_run_option_with_its_flag_and_checked():
     spec = SweepSpec(("cl3-short",), ("ewc",), (0,), {"ft_reference": "drqv2", "preset": "debug"})
     (job,) = expand(spec)
     assert job.options.ft_reference == "drqv2"
+
+
+def test_sigterm_to_a_benchmark_preparing_its_data_stops_the_collection_too(mlflow_uri, tmp_path):
+    """A benchmark's preparation runs `collect` and `pretrain` as children (``benchmarks/jobs.run_child``): a
+    SIGTERM to the benchmark must stop the child the way the CLI stops (complete episodes kept, the dataset
+    readable) and wait for it. It used to kill the script alone and leave the collection running to its end."""
+    import subprocess
+    import sys
+    data = tmp_path / "data"
+    script = (
+        "import sys; sys.path.insert(0, {root!r})\n"
+        "from benchmarks.jobs import run_child\n"
+        "run_child([sys.executable, {cli!r}, 'collect', {data!r}, '--tasks', 'cartpole-balance', '--episodes', '500',\n"
+        "           '--obs', 'proprio', '--render-quality', 'fast'])\n"
+    ).format(root=str(Path(cli.__file__).parent), cli=str(Path(cli.__file__)), data=str(data))
+    log = tmp_path / "driver.log"
+    with log.open("w") as f:
+        driver = subprocess.Popen([sys.executable, "-c", script], env=os.environ | {"MLFLOW_TRACKING_URI": mlflow_uri},
+                                  stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
+    children: list[int] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and driver.poll() is None and "writing" not in log.read_text():
+        time.sleep(0.5)   # the child has started its collection
+    proc_children = Path(f"/proc/{driver.pid}/task/{driver.pid}/children")
+    children = [int(p) for p in proc_children.read_text().split()] if proc_children.exists() else []
+    assert children and driver.poll() is None, log.read_text()
+    time.sleep(5)   # episodes collected
+    driver.send_signal(signal.SIGTERM)
+    driver.wait(timeout=120)
+    out = log.read_text()
+    assert driver.returncode != 0 and "ended KILLED" in out, out
+    for pid in children:   # the driver waited for its child: it is gone, not collecting on alone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    from harness.offline import open_dataset
+    with open_dataset(data, ["proprio"]) as ds:   # what was collected is complete and readable
+        assert 0 < len(ds.episodes) < 500, out

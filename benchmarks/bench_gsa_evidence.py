@@ -242,9 +242,14 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
         if d:
             lines.append(f"| {t} | **gsa - dreamer** | {d['seeds']} | **{d['mean']:+.1f}** [{d['ci_low']:+.1f}, "
                          f"{d['ci_high']:+.1f}] | | |")
-    done = sum(len(v["seeds"]) for t in tasks for v in out["tasks"][t]["methods"].values())
-    lines += ["", f"{done} of {len(tasks) * len(methods) * len(seeds)} runs finished. Run "
-                  "`benchmarks/bench_gsa_evidence.py` again to continue the sweep; this report is rewritten."]
+    def finished(ts: list[str]) -> int:
+        return sum(len(v["seeds"]) for t in ts for v in out["tasks"][t]["methods"].values())
+    main = [t for t in tasks if t not in CONTROL_TASKS.split(",")]
+    control = [t for t in tasks if t in CONTROL_TASKS.split(",")]
+    lines += ["", f"{finished(main)} of {len(main) * len(methods) * len(seeds)} runs of {', '.join(main)} finished"
+                  + (f" ({finished(control)} of the control {', '.join(control)}: `--tasks {','.join(control)}` runs "
+                     "the rest)" if control else "")
+                  + ". Run `benchmarks/bench_gsa_evidence.py` again to continue the sweep; this report is rewritten."]
     (OUT / "gsa_evidence.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot_task_curves(lambda m, t: curves[t].get(m, []), tasks, methods, OUT / "gsa_evidence.png",

@@ -173,10 +173,19 @@ def main() -> None:
     a = ap.parse_args()
     if not a.merge and not (a.pretrained and a.tasks):
         ap.error("--pretrained and --tasks are required (or --merge earlier outputs)")
+    try:
+        seed_list = [int(x) for x in str(a.seeds).split(",")]
+    except ValueError:
+        ap.error(f"--seeds takes comma-separated integers, got {a.seeds!r}")
     if a.merge:
         rows = []
         for f in a.merge:
-            d = json.loads(Path(f).read_text())
+            try:
+                d = json.loads(Path(f).read_text())
+            except (OSError, ValueError) as exc:
+                ap.error(f"--merge {f}: cannot read it ({exc})")
+            if not isinstance(d, dict) or not {"rows", "args"} <= set(d):
+                ap.error(f"--merge {f}: not an --out JSON of this script (it has no 'rows' and 'args')")
             seed = int(str(d["args"].get("seeds", d["args"].get("seed", 0))).split(",")[0])
             rows += [{"seed": seed} | r for r in d["rows"]]   # files from before rows had their seed
             a.pretrained = a.pretrained or d["args"].get("pretrained")
@@ -185,7 +194,7 @@ def main() -> None:
         import torch
         torch.set_num_threads(1)
         rows = []
-        for seed in [int(x) for x in str(a.seeds).split(",")]:
+        for seed in seed_list:
             for t in a.tasks.split(","):
                 rows.append(diagnose(t, Path(a.pretrained), a, seed))
                 print(json.dumps(rows[-1]), flush=True)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
 from benchmarks.bench_gsa import method_overrides, plot_task_curves, stream_file  # noqa: E402
-from benchmarks.jobs import guidance_sets, icm_top_up, run_jobs, run_stream_options  # noqa: E402
+from benchmarks.jobs import guidance_sets, icm_top_up, run_child, run_jobs, run_stream_options  # noqa: E402
 
 METHODS = "gsa,gsa-p,gsa-p-er,gsa-p-g,dreamer,random"
 SWEEP = "gsa-evidence"
@@ -73,7 +73,6 @@ PROPRIO_PAD, ACTION_PAD = 39, 6           # Meta-World's 39-d state; the walker'
 
 
 def cli(*args: str) -> None:
-    from benchmarks.jobs import run_child
     run_child([sys.executable, str(ROOT / "cli.py"), *args])
 
 
@@ -244,8 +243,8 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
                          f"{d['ci_high']:+.1f}] | | |")
     def finished(ts: list[str]) -> int:
         return sum(len(v["seeds"]) for t in ts for v in out["tasks"][t]["methods"].values())
-    main = [t for t in tasks if t not in CONTROL_TASKS.split(",")]
     control = [t for t in tasks if t in CONTROL_TASKS.split(",")]
+    main = [t for t in tasks if t not in control]
     lines += ["", f"{finished(main)} of {len(main) * len(methods) * len(seeds)} runs of {', '.join(main)} finished"
                   + (f" ({finished(control)} of the control {', '.join(control)}: `--tasks {','.join(control)}` runs "
                      "the rest)" if control else "")

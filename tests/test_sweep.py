@@ -312,7 +312,6 @@ def test_sigterm_to_a_benchmark_preparing_its_data_stops_the_collection_too(mlfl
     with log.open("w") as f:
         driver = subprocess.Popen([sys.executable, "-c", script], env=os.environ | {"MLFLOW_TRACKING_URI": mlflow_uri},
                                   stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
-    children: list[int] = []
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and driver.poll() is None and "writing" not in log.read_text():
         time.sleep(0.5)   # the child has started its collection

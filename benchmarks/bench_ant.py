@@ -37,7 +37,7 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.jobs import guidance_sets, prepare_pretrained, run_jobs, run_stream_options  # noqa: E402
+from benchmarks.jobs import guidance_sets, prepare_pretrained, run_jobs, run_main, run_stream_options  # noqa: E402
 
 # Each learner's own name for "frames of the warm-up policy per task" (the config fields, with their prefix).
 WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
@@ -135,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

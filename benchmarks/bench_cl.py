@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.jobs import run_jobs, run_stream_options  # noqa: E402
+from benchmarks.jobs import run_jobs, run_main, run_stream_options  # noqa: E402
 
 METHODS = "drqv2,finetune,l2,ewc,mas,agem,replay,packnet"
 REFERENCE = "drqv2"
@@ -154,4 +154,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
-from benchmarks.jobs import guidance_sets, prepare_pretrained, run_jobs, run_stream_options  # noqa: E402
+from benchmarks.jobs import guidance_sets, prepare_pretrained, run_jobs, run_main, run_stream_options  # noqa: E402
 
 
 def stream_file(task: str, frames: int, every: int, episodes: int, folder: Path) -> tuple[str, Path]:
@@ -242,4 +242,4 @@ def summarize(a, tasks, methods, seeds, rep, walls, timing) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

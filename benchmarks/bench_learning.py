@@ -169,4 +169,5 @@ def summarize(a, seeds, results, zero, method_wall, rep) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.jobs import run_main
+    run_main(main)

@@ -32,6 +32,22 @@ def run_jobs(items: Sequence[tuple[str, RunOptions]], sweep: str, parallel: int,
     return {r.label: r for r in report.results}
 
 
+def run_main(main: Callable[[], None]) -> None:
+    """A benchmark's entry: a SIGTERM or Ctrl-C (its jobs and children already stopped and checkpointed by
+    :func:`run_jobs` / :func:`run_child`) ends it with one line and exit code 143 or 130, as ``cli.py`` does,
+    instead of a traceback; running the same command again continues it."""
+    import sys
+
+    from harness.lifecycle import Terminated
+    try:
+        main()
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        print(f"{'terminated (SIGTERM)' if term else 'interrupted'}: what finished is kept and the stopped runs "
+              "saved checkpoints; run the same command again to continue", file=sys.stderr, flush=True)
+        sys.exit(143 if term else 130)
+
+
 def run_child(cmd: Sequence[str], stop_wait_s: float = 600.0) -> None:
     """``subprocess.run(cmd, check=True)`` for a benchmark's preparation (``collect``, ``pretrain``) that passes a
     SIGTERM on: the child runs in its own session (a signal to the benchmark's process group reaches it once,

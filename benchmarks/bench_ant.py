@@ -37,7 +37,7 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.jobs import guidance_sets, prepare_pretrained, run_jobs, run_main, run_stream_options  # noqa: E402
+from benchmarks.jobs import check_grid, guidance_sets, prepare_pretrained, run_jobs, run_main, run_stream_options  # noqa: E402
 
 # Each learner's own name for "frames of the warm-up policy per task" (the config fields, with their prefix).
 WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
@@ -99,7 +99,7 @@ def main() -> None:
     stream = get_stream(a.stream)
     work, cli = Path(a.workdir), [sys.executable, str(ROOT / "cli.py")]
     work.mkdir(parents=True, exist_ok=True)
-    methods, seeds = a.methods.split(","), a.seeds.split(",")
+    _, methods, seeds = check_grid(ap, methods=a.methods, seeds=a.seeds, positive={"--frames-per-task": a.frames_per_task})
     t0 = time.time()
     if not a.compare_only:
         data_tasks = a.data_tasks or ",".join(dict.fromkeys(t.name for t in stream.tasks))

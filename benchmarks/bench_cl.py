@@ -35,13 +35,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.jobs import run_jobs, run_main, run_stream_options  # noqa: E402
+from benchmarks.jobs import check_grid, run_jobs, run_main, run_stream_options  # noqa: E402
 
 METHODS = "drqv2,finetune,l2,ewc,mas,agem,replay,packnet"
 REFERENCE = "drqv2"
 
 
-def jobs_of(stream: str, methods: list[str], seeds: list[str], preset: str, runs_dir: Path, mt: bool) -> list:
+def jobs_of(stream: str, methods: list[str], seeds: list[int], preset: str, runs_dir: Path, mt: bool) -> list:
     from harness.streams import get_stream
     spec = get_stream(stream)
     jobs = []
@@ -63,7 +63,7 @@ def jobs_of(stream: str, methods: list[str], seeds: list[str], preset: str, runs
     return jobs
 
 
-def write_results(stream: str, sweep: str, out: Path, methods: list[str], seeds: list[str]) -> None:
+def write_results(stream: str, sweep: str, out: Path, methods: list[str], seeds: list[int]) -> None:
     """cl_baselines.json / .md: the compare table, each run's R matrix, the commit and the sweep."""
     from harness.compare import collect_runs
     from harness.provenance import git_commit
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--compare-only", action="store_true")
     a = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    methods, seeds = a.methods.split(","), a.seeds.split(",")
+    _, methods, seeds = check_grid(ap, methods=a.methods, seeds=a.seeds)
     sweep = a.sweep or f"bench-cl-{a.stream}"
     work, out = Path(a.workdir), Path(a.out)
     t0 = time.time()

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
-from benchmarks.jobs import guidance_sets, prepare_pretrained, run_jobs, run_main, run_stream_options  # noqa: E402
+from benchmarks.jobs import check_grid, guidance_sets, prepare_pretrained, run_jobs, run_main, run_stream_options  # noqa: E402
 
 
 def stream_file(task: str, frames: int, every: int, episodes: int, folder: Path) -> tuple[str, Path]:
@@ -133,7 +133,8 @@ def main() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    tasks, seeds, methods = a.tasks.split(","), [int(s) for s in a.seeds.split(",")], a.methods.split(",")
+    tasks, methods, seeds = check_grid(ap, tasks=a.tasks, methods=a.methods, seeds=a.seeds,
+                                       positive={"--frames": a.frames})
     cli = [sys.executable, str(ROOT / "cli.py")]
     t0 = time.time()
     if a.summary_only:

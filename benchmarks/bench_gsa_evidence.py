@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
 from benchmarks.bench_gsa import method_overrides, plot_task_curves, stream_file  # noqa: E402
-from benchmarks.jobs import guidance_sets, icm_top_up, run_child, run_jobs, run_main, run_stream_options  # noqa: E402
+from benchmarks.jobs import check_grid, guidance_sets, icm_top_up, run_child, run_jobs, run_main, run_stream_options  # noqa: E402
 
 METHODS = "gsa,gsa-p,gsa-p-er,gsa-p-g,dreamer,random"
 SWEEP = "gsa-evidence"
@@ -293,7 +293,10 @@ def main() -> None:
                          "gsa-evidence-<task>.json, `cli.py compare --save-reference`) for `compare --reference`")
     a = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    tasks, methods, seeds = a.tasks.split(","), a.methods.split(","), [int(s) for s in a.seeds.split(",")]
+    tasks, methods, seeds = check_grid(ap, tasks=a.tasks, methods=a.methods, seeds=a.seeds, positive={
+        "--frames": a.frames, "--eval-every": a.eval_every, "--eval-episodes": a.eval_episodes,
+        "--mw-episodes": a.mw_episodes, "--icm-episodes": a.icm_episodes, "--pretrain-steps": a.pretrain_steps,
+        "--parallel": a.parallel, "--bc-episodes": a.bc_episodes})
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if not a.summary_only:

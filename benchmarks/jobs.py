@@ -5,6 +5,7 @@ keep ``parallel`` at 2 with one torch thread per run (anchors.md section 6: neve
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import subprocess
 from pathlib import Path
@@ -32,15 +33,59 @@ def run_jobs(items: Sequence[tuple[str, RunOptions]], sweep: str, parallel: int,
     return {r.label: r for r in report.results}
 
 
+def check_grid(ap: argparse.ArgumentParser, *, tasks: str | None = None, methods: str | None = None,
+               seeds: str | None = None, positive: dict[str, int] | None = None) -> tuple[list[str], list[str], list[int]]:
+    """A benchmark's grid arguments checked before anything runs or is rewritten: comma-separated task and
+    method names that exist (the registries' messages list the valid ones), seeds that are integers >= 0, no
+    name twice, and the ``positive`` options (``{"--frames": a.frames}``) above 0. A bad one ends the benchmark
+    through ``ap.error`` (its usage, the message, exit 2). Returns (tasks, methods, seeds), each [] if not given."""
+    from harness.errors import HarnessError
+    from methods import METHODS
+    from tasks.catalog import TASKS
+
+    def names(flag: str, text: str | None, registry: Any) -> list[str]:
+        if text is None:
+            return []
+        items = [x.strip() for x in text.split(",")]
+        if not all(items):
+            ap.error(f"{flag} takes comma-separated names, got {text!r}")
+        if len(set(items)) < len(items):
+            ap.error(f"{flag} names one twice: {text!r}")
+        for x in items:
+            try:
+                registry.entry(x)
+            except HarnessError as exc:
+                ap.error(f"{flag}: {exc}")
+        return items
+    out_seeds: list[int] = []
+    if seeds is not None:
+        try:
+            out_seeds = [int(x) for x in seeds.split(",")]
+        except ValueError:
+            ap.error(f"--seeds takes comma-separated integers >= 0, got {seeds!r}")
+        if min(out_seeds) < 0 or len(set(out_seeds)) < len(out_seeds):
+            ap.error(f"--seeds takes distinct integers >= 0, got {seeds!r}")
+    for flag, value in (positive or {}).items():
+        if value <= 0:
+            ap.error(f"{flag} must be > 0, got {value}")
+    return names("--tasks", tasks, TASKS), names("--methods", methods, METHODS), out_seeds
+
+
 def run_main(main: Callable[[], None]) -> None:
     """A benchmark's entry: a SIGTERM or Ctrl-C (its jobs and children already stopped and checkpointed by
-    :func:`run_jobs` / :func:`run_child`) ends it with one line and exit code 143 or 130, as ``cli.py`` does,
-    instead of a traceback; running the same command again continues it."""
+    :func:`run_jobs` / :func:`run_child`) ends it with one line and exit code 143 or 130, and a
+    :class:`HarnessError` (bad input found on the way, e.g. by the sweep's validation of every job) with
+    ``error: ...`` and exit code 2, as ``cli.py`` does, instead of a traceback; running the same command
+    again continues it."""
     import sys
 
+    from harness.errors import HarnessError
     from harness.lifecycle import Terminated
     try:
         main()
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except KeyboardInterrupt as exc:
         term = isinstance(exc, Terminated)
         print(f"{'terminated (SIGTERM)' if term else 'interrupted'}: what finished is kept and the stopped runs "

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -367,3 +368,26 @@ def test_drqv2_update_raises_on_a_non_finite_loss(tmp_path):
         next(m.critic.parameters()).fill_(math.nan)
     with pytest.raises(NonFiniteLossError, match=r"^non-finite critic/loss=nan"):
         m._update()
+
+
+@pytest.mark.parametrize("script,args,words", [
+    ("bench_gsa_evidence.py", ["--methods", "bar", "--summary-only"], "unknown method 'bar'. Valid methods:"),
+    ("bench_gsa_evidence.py", ["--seeds", "0,x", "--summary-only"], "--seeds takes comma-separated integers"),
+    ("bench_gsa_evidence.py", ["--tasks", "foo", "--prepare-only"], "unknown task 'foo'. Valid tasks:"),
+    ("bench_gsa_evidence.py", ["--frames", "0", "--summary-only"], "--frames must be > 0"),
+    ("bench_ant.py", ["--methods", "gsa,gsa"], "--methods names one twice"),
+    ("bench_cl.py", ["--seeds", "-1", "--compare-only"], "distinct integers >= 0"),
+    ("bench_gsa.py", ["--tasks", "walker-stand,", "--summary-only"], "--tasks takes comma-separated names"),
+])
+def test_a_benchmark_with_a_bad_grid_says_so_and_rewrites_nothing(script, args, words, tmp_path):
+    """The benchmarks check their grid before anything runs or is rewritten: a typo in ``--methods`` once
+    rewrote the shipped evidence report as an empty one."""
+    import subprocess
+    import sys
+    root = Path(cli.__file__).parent
+    results = root / "benchmarks" / "results"
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / script), *args], capture_output=True, text=True,
+                       cwd=tmp_path, env=os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}, timeout=120)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()} == before

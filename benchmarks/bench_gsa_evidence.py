@@ -209,7 +209,8 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
         if g and d:
             lo, hi = diff_ci(np.array(g["final"]), np.array(d["final"]))
             entry["gsa_minus_dreamer"] = {"mean": float(np.mean(g["final"]) - np.mean(d["final"])), "ci_low": lo,
-                                          "ci_high": hi, "seeds": [len(g["final"]), len(d["final"])]}
+                                          "ci_high": hi, "seeds": [len(g["final"]), len(d["final"])],
+                                          "ci_excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
         means = {m: v["final_mean"] for m, v in entry["methods"].items()}
         if all(k in means for k in ("gsa", "gsa-p-er", "gsa-p-g", "gsa-p")):
             entry["fig6_order"] = {"P+ER+G >= P+ER": means["gsa"] >= means["gsa-p-er"],
@@ -252,6 +253,19 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
         d = out["tasks"][t].get("gsa_minus_dreamer")
         if d:
             lines.append(f"| {t} | **gsa - dreamer** | {d['seeds']} | {fmt(d['mean'], (d['ci_low'], d['ci_high']), '+')} | | |")
+    lines += ["", "Verdicts (expected: GSA above Dreamer, the CI of the difference excluding 0; the ablations in Fig. 6's "
+                  "order):"]
+    for t in tasks:
+        e = out["tasks"][t]
+        d, order = e.get("gsa_minus_dreamer"), e.get("fig6_order")
+        said = ("gsa - dreamer: not both run yet" if d is None else
+                f"gsa - dreamer {fmt(d['mean'], (d['ci_low'], d['ci_high']), '+')}: "
+                + ("fewer than 2 seeds each, no verdict" if d["ci_excludes_zero"] is None else
+                   "no clear difference (the CI includes 0)" if not d["ci_excludes_zero"] else
+                   f"GSA {'above' if d['mean'] > 0 else 'below'} Dreamer (the CI excludes 0)"))
+        said += ("; Fig. 6: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in order.items()) if order
+                 else "; Fig. 6: not every ablation run yet")
+        lines.append(f"- {t}: {said}")
     def finished(ts: list[str]) -> int:
         return sum(len(v["seeds"]) for t in ts for v in out["tasks"][t]["methods"].values())
     control = [t for t in tasks if t in CONTROL_TASKS.split(",")]

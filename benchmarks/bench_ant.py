@@ -60,6 +60,22 @@ def method_sets(method: str, warmup_frames: int | None, extra: list[str], guidan
     return out
 
 
+def packnet_gsa_ratio(csv_path: Path) -> str | None:
+    """PackNet's average performance and final scores as a share of GSA's, next to the paper's 20-60% (Sec. 4.2,
+    Fig. 5: PackNet reaches 20-60% of GSA's returns on the Ant stream); None unless both were compared."""
+    import csv
+    rows = {r["method"]: r for r in csv.DictReader(csv_path.open())} if csv_path.is_file() else {}
+    if "gsa" not in rows or "packnet" not in rows:
+        return None
+    g, p = rows["gsa"], rows["packnet"]
+    finals = [k for k in g if k.startswith("final ")]
+    per_task = ", ".join(f"{k.split('-', 1)[1]} {float(p[k]) / float(g[k]):.0%}" if float(g[k]) > 0 else
+                         f"{k.split('-', 1)[1]} n/a (gsa 0)" for k in finals)
+    avg = float(p["avg_performance"]) / float(g["avg_performance"]) if float(g["avg_performance"]) > 0 else float("nan")
+    return (f"PackNet / GSA average performance: {avg:.0%} ({float(p['avg_performance']):.3f} / "
+            f"{float(g['avg_performance']):.3f}; the paper: 20-60%); final score per task: {per_task}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stream", default="ant")
@@ -100,6 +116,7 @@ def main() -> None:
     work, cli = Path(a.workdir), [sys.executable, str(ROOT / "cli.py")]
     work.mkdir(parents=True, exist_ok=True)
     _, methods, seeds = check_grid(ap, methods=a.methods, seeds=a.seeds, positive={"--frames-per-task": a.frames_per_task})
+    sweep = a.sweep or f"bench-ant-{stream.name}"
     t0 = time.time()
     if not a.compare_only:
         data_tasks = a.data_tasks or ",".join(dict.fromkeys(t.name for t in stream.tasks))
@@ -120,16 +137,19 @@ def main() -> None:
                     eval_every=a.eval_every, eval_episodes=a.eval_episodes)))
         print(f"{len(jobs)} runs of {stream.name} ({len(stream.tasks)} tasks x {a.frames_per_task} env frames), "
               f"{a.parallel} at once", flush=True)
-        done = run_jobs(jobs, a.sweep or f"bench-ant-{stream.name}", a.parallel, work / "logs",
-                        echo=lambda line: print(line, flush=True))
+        done = run_jobs(jobs, sweep, a.parallel, work / "logs", echo=lambda line: print(line, flush=True))
         failed = [k for k, r in done.items() if r.status not in ("FINISHED", "SKIPPED")]
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {work / 'logs'}); comparing the others", flush=True)
     rc = subprocess.run(cli + ["compare", stream.name, "--methods", a.methods, "--seeds", a.seeds,
-                               "--out", a.out]).returncode
+                               "--sweep", sweep, "--out", a.out]).returncode
     if rc != 0:      # compare has said what is missing; the runs stay in MLflow for --compare-only
         raise SystemExit(rc)
     Path(a.out).mkdir(parents=True, exist_ok=True)
+    ratio = packnet_gsa_ratio(Path(a.out) / "comparison.csv")
+    if ratio:
+        print(ratio, flush=True)
+        (Path(a.out) / "packnet_gsa_ratio.md").write_text(ratio + "\n")
     (Path(a.out) / "command.txt").write_text(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) +
                                              f"\n# total {(time.time() - t0) / 60:.1f} min\n")
 

@@ -47,6 +47,8 @@ def main(plugin: tuple[str, ...]) -> None:
     from harness.provenance import keep_freed_memory
     from harness.streams import load_plugins
     handle_sigterm()   # a scheduler's SIGTERM ends the run KILLED with its resume hint, not RUNNING forever
+    # MLflow draws a progress bar per downloaded artifact (compare reads one per run): noise in a terminal's output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     keep_freed_memory()   # fewer page faults per update (harness/provenance.py)
     load_plugins(plugin)
 

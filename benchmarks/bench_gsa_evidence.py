@@ -37,6 +37,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -143,22 +144,36 @@ def diff_ci(a: np.ndarray, b: np.ndarray, reps: int = 10_000, seed: int = 0) -> 
     return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
-def bc_prior_scores(run_ids: list[str], cache: Path, episodes: int) -> dict[str, dict]:
-    """π_bc alone (``benchmarks/diag_bc_prior.py``) for finished runs that trained one: its score and that of
-    ``random`` on the same evaluation episodes. Cached per run id in ``cache``: a run is evaluated once per
-    episode count."""
-    from benchmarks.diag_bc_prior import diagnose
+def cached_per_run(run_ids: list[str], cache: Path, episodes: int, measure: Callable[[str, int], dict]) -> dict[str, dict]:
+    """``measure(run_id, episodes)`` for finished runs, cached per run id in ``cache`` (a JSON file): a run is
+    measured once per episode count. A run that cannot be measured (no prior, its checkpoint gone) is cached
+    with its ``error``."""
     from harness.errors import HarnessError
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     for rid in run_ids:
         if rid in done and done[rid].get("episodes", episodes) == episodes:
             continue
         try:
-            done[rid] = diagnose(rid, episodes)
-        except (HarnessError, KeyError, FileNotFoundError) as exc:   # no prior, or its checkpoint is gone
+            done[rid] = measure(rid, episodes)
+        except (HarnessError, KeyError, FileNotFoundError) as exc:
             done[rid] = {"error": str(exc), "episodes": episodes}
         cache.write_text(json.dumps(done, indent=1))
     return {rid: done[rid] for rid in run_ids}
+
+
+def bc_prior_scores(run_ids: list[str], cache: Path, episodes: int) -> dict[str, dict]:
+    """π_bc alone (``benchmarks/diag_bc_prior.py``) for finished runs that trained one: its score and that of
+    ``random`` on the same evaluation episodes."""
+    from benchmarks.diag_bc_prior import diagnose
+    return cached_per_run(run_ids, cache, episodes, diagnose)
+
+
+def final_policy_scores(run_ids: list[str], cache: Path, episodes: int) -> dict[str, dict]:
+    """Each finished run's final policy evaluated again on ``episodes`` episodes (``diag_final_eval.py``): the
+    run's own final score is one 5-episode evaluation, and Dreamer's policy acts through sampled latents, so
+    the same policy's 5-episode score spans 10.6-34.8 over 30 random draws (a walker gsa run; README)."""
+    from benchmarks.diag_final_eval import final_eval
+    return cached_per_run(run_ids, cache, episodes, final_eval)
 
 
 def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: int, a: argparse.Namespace) -> dict:
@@ -187,7 +202,7 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
             c["bc_share"].append(float(share[0]))
         curves[task].setdefault(m, []).append(curve)
     out = {"sweep": SWEEP, "commit": git_commit(), "frames_per_task": frames, "preset": a.preset, "obs": "proprio",
-           "seeds_planned": seeds, "methods": methods, "tasks": {}}
+           "seeds_planned": seeds, "methods": methods, "final_again_episodes": a.final_episodes, "tasks": {}}
     for t in tasks:
         entry: dict = {"methods": {}}
         for m, c in sorted(cells[t].items()):
@@ -197,6 +212,13 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
                                    "auc_ci": bootstrap_ci(u), "run_ids": c["run_ids"]}
             if c["bc_share"]:
                 entry["methods"][m]["bc_share_mean"] = float(np.mean(c["bc_share"]))
+            if a.final_episodes:
+                again = final_policy_scores(c["run_ids"], Path(a.workdir) / "final_eval.json", a.final_episodes)
+                fe = [again[r]["tasks"][t]["score"] if "tasks" in again[r] else None for r in c["run_ids"]]
+                ok = np.array([x for x in fe if x is not None])
+                entry["methods"][m] |= {"final_again": fe, "final_again_episodes": a.final_episodes,
+                                        "final_again_mean": float(ok.mean()) if len(ok) else None,
+                                        "final_again_ci": bootstrap_ci(ok)}
         guided = [rid for m in ("gsa", "gsa-p-g") for rid in cells[t].get(m, {}).get("run_ids", [])]
         priors = [v for v in bc_prior_scores(guided, Path(a.workdir) / "bc_prior.json", a.bc_episodes).values()
                   if "prior" in v]
@@ -211,6 +233,13 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
             entry["gsa_minus_dreamer"] = {"mean": float(np.mean(g["final"]) - np.mean(d["final"])), "ci_low": lo,
                                           "ci_high": hi, "seeds": [len(g["final"]), len(d["final"])],
                                           "ci_excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
+        ga, da = ([x for x in entry["methods"].get(m, {}).get("final_again", []) if x is not None]
+                  for m in ("gsa", "dreamer"))
+        if ga and da:   # the same difference on the final policies evaluated again on more episodes
+            lo, hi = diff_ci(np.array(ga), np.array(da))
+            entry["gsa_minus_dreamer_final_again"] = {
+                "mean": float(np.mean(ga) - np.mean(da)), "ci_low": lo, "ci_high": hi, "seeds": [len(ga), len(da)],
+                "episodes": a.final_episodes, "ci_excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
         means = {m: v["final_mean"] for m, v in entry["methods"].items()}
         if all(k in means for k in ("gsa", "gsa-p-er", "gsa-p-g", "gsa-p")):
             entry["fig6_order"] = {"P+ER+G >= P+ER": means["gsa"] >= means["gsa-p-er"],
@@ -236,36 +265,46 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
     lines = [f"GSA evidence (sweep `{out['sweep']}`, commit {out['commit'][:12]}): {out['frames_per_task']:,} env frames "
              f"per task, proprio, preset {out['preset']}; score 0-100 (DMC return / 10, Meta-World success x 100), "
              "mean [95% bootstrap CI] over seeds (n = seeds finished).", "",
-             "| task | method | n | final | AUC | BC share of steps |", "|---|---|---|---|---|---|"]
+             f"*final again*: each run's final policy evaluated again on {out['final_again_episodes']} episodes "
+             "(`diag_final_eval.py`; the run's own final score is one 5-episode evaluation).", "",
+             "| task | method | n | final | *final again* | AUC | BC share of steps |", "|---|---|---|---|---|---|---|"]
     for t in tasks:
         for m in methods:
             v = out["tasks"][t]["methods"].get(m)
             if v is None:
-                lines.append(f"| {t} | {m} | 0 | not run yet | | |")
+                lines.append(f"| {t} | {m} | 0 | not run yet | | | |")
                 continue
             share = f"{v['bc_share_mean']:.2f}" if "bc_share_mean" in v else ""
-            lines.append(f"| {t} | {m} | {len(v['seeds'])} | {fmt(v['final_mean'], v['final_ci'])} | "
+            again = fmt(v["final_again_mean"], v["final_again_ci"]) if "final_again" in v else ""
+            lines.append(f"| {t} | {m} | {len(v['seeds'])} | {fmt(v['final_mean'], v['final_ci'])} | {again} | "
                          f"{fmt(v['auc_mean'], v['auc_ci'])} | {share} |")
         bc = out["tasks"][t].get("bc_prior")
         if bc:
             lines.append(f"| {t} | *π_bc alone* (gsa, gsa-p-g runs) | {bc['runs']} | {fmt(bc['score_mean'], bc['score_ci'])}"
-                         f" (random {bc['random_score_mean']:.1f}) | | |")
-        d = out["tasks"][t].get("gsa_minus_dreamer")
+                         f" (random {bc['random_score_mean']:.1f}) | | | |")
+        d, da = out["tasks"][t].get("gsa_minus_dreamer"), out["tasks"][t].get("gsa_minus_dreamer_final_again")
         if d:
-            lines.append(f"| {t} | **gsa - dreamer** | {d['seeds']} | {fmt(d['mean'], (d['ci_low'], d['ci_high']), '+')} | | |")
+            again = fmt(da["mean"], (da["ci_low"], da["ci_high"]), "+") if da else ""
+            lines.append(f"| {t} | **gsa - dreamer** | {d['seeds']} | {fmt(d['mean'], (d['ci_low'], d['ci_high']), '+')} | "
+                         f"{again} | | |")
     lines += ["", "Verdicts (expected: GSA above Dreamer, the CI of the difference excluding 0; the ablations in Fig. 6's "
                   "order):"]
-    for t in tasks:
-        e = out["tasks"][t]
-        d, order = e.get("gsa_minus_dreamer"), e.get("fig6_order")
-        said = ("gsa - dreamer: not both run yet" if d is None else
-                f"gsa - dreamer {fmt(d['mean'], (d['ci_low'], d['ci_high']), '+')}: "
+    def verdict(d: dict | None, what: str) -> str:
+        if d is None:
+            return f"gsa - dreamer ({what}): not both run yet"
+        return (f"gsa - dreamer ({what}) {fmt(d['mean'], (d['ci_low'], d['ci_high']), '+')}: "
                 + ("fewer than 2 seeds each, no verdict" if d["ci_excludes_zero"] is None else
                    "no clear difference (the CI includes 0)" if not d["ci_excludes_zero"] else
                    f"GSA {'above' if d['mean'] > 0 else 'below'} Dreamer (the CI excludes 0)"))
-        said += ("; Fig. 6: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in order.items()) if order
-                 else "; Fig. 6: not every ablation run yet")
-        lines.append(f"- {t}: {said}")
+    for t in tasks:
+        e = out["tasks"][t]
+        order = e.get("fig6_order")
+        said = [verdict(e.get("gsa_minus_dreamer"), "final")]
+        if out["final_again_episodes"]:
+            said.append(verdict(e.get("gsa_minus_dreamer_final_again"), "final again"))
+        said.append("Fig. 6: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in order.items()) if order
+                    else "Fig. 6: not every ablation run yet")
+        lines.append(f"- {t}: {'; '.join(said)}")
     def finished(ts: list[str]) -> int:
         return sum(len(v["seeds"]) for t in ts for v in out["tasks"][t]["methods"].values())
     control = [t for t in tasks if t in CONTROL_TASKS.split(",")]
@@ -300,6 +339,9 @@ def main() -> None:
     ap.add_argument("--bc-episodes", type=int, default=20,
                     help="evaluation episodes of π_bc alone per guided run in the report (diag_bc_prior.py); "
                          "a success rate from 5 is too coarse to compare")
+    ap.add_argument("--final-episodes", type=int, default=20,
+                    help="the report also evaluates each finished run's final policy again on this many episodes "
+                         "(diag_final_eval.py; once per run, cached): one 5-episode evaluation is noisy; 0: not")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("--save-references", action="store_true",
@@ -311,6 +353,8 @@ def main() -> None:
         "--frames": a.frames, "--eval-every": a.eval_every, "--eval-episodes": a.eval_episodes,
         "--mw-episodes": a.mw_episodes, "--icm-episodes": a.icm_episodes, "--pretrain-steps": a.pretrain_steps,
         "--parallel": a.parallel, "--bc-episodes": a.bc_episodes})
+    if a.final_episodes < 0:
+        ap.error(f"--final-episodes must be >= 0 (0: no evaluation again), got {a.final_episodes}")
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if not a.summary_only:

@@ -112,6 +112,20 @@ def test_gsa_stream_logs_retrieval_bc_and_guidance_to_mlflow(mlflow_uri, pretrai
     assert 0 <= d["prior"]["score"] <= 100 and 0 <= d["random"]["score"] <= 100 and np.isfinite(d["prior"]["return"])
     # The action spread on reach's 4 action dims: uniform random's std is 1/sqrt(3) = 0.58.
     assert abs(d["random"]["action_std"] - 0.577) < 0.1 and 0 <= d["prior"]["action_std"] <= 1
+    # benchmarks/diag_final_eval.py: the final policy (world model + actor) rebuilt from the checkpoint and
+    # evaluated again on every task of the stream; its sampled latents are seeded, so a second call repeats it.
+    from benchmarks.diag_final_eval import final_eval
+    again = final_eval(str(res.run_dir), episodes=1)
+    assert set(again["tasks"]) == {"walker-stand", "reach-v3"} and again["method"] == "gsa"
+    assert all(0 <= v["score"] <= 100 and np.isfinite(v["return"]) for v in again["tasks"].values())
+    assert final_eval(str(res.run_dir), episodes=1)["tasks"] == again["tasks"]
+    half = tmp_path / "half"   # a checkpoint taken before the last task ended is not the final policy: refused
+    shutil.copytree(res.run_dir, half)
+    payload = checkpoint.load(half / checkpoint.CHECKPOINT_FILE)
+    payload["progress"]["task_index"] = 1
+    checkpoint.save(half / checkpoint.CHECKPOINT_FILE, payload)
+    with pytest.raises(HarnessError, match="finished 1 of its 2 tasks"):
+        final_eval(str(half), episodes=1)
 
 
 # ----------------------------------------------------------------------------- the pieces

@@ -1,0 +1,96 @@
+"""Diagnostic: a finished run's final policy evaluated again, on more episodes than the run's own evaluation.
+
+    .venv/bin/python benchmarks/diag_final_eval.py RUN_ID [RUN_ID ...] [--episodes 20] [--out FILE]
+
+A run's final score is one evaluation of a few episodes (the evidence sweep: 5) at its last frame. On a task
+whose success the policy only sometimes reaches, or whose start state varies, that number moves a lot from
+one evaluation to the next, and a spread over seeds mixes two things: how different the seeds' policies are,
+and how noisy a 5-episode evaluation of one policy is. This loads each run's checkpoint (the state at its end:
+the run must have finished every task), builds the method as the run did and evaluates it on every task of
+its stream for ``--episodes`` episodes. The evaluation seeds are the run's own (``harness.evaluation``), so the
+first episodes are those of the run's last evaluation (the policy's sampled latents are drawn anew, seeded
+by the run's seed, so the numbers repeat on every call). The run's folder is only read (its replays are
+reloaded as a resume reloads them); nothing is written to MLflow; the table is printed (and saved with
+``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.diag_bc_prior import run_dir_of  # noqa: E402
+
+
+def final_eval(ref: str, episodes: int) -> dict:
+    """``{"run", "method", "seed", "episodes", "tasks": {task: {"score", "return", "success"}}}`` of ``ref``'s
+    final policy (an MLflow run id or a checkpoint directory) over ``episodes`` evaluation episodes per task."""
+    from harness import checkpoint
+    from harness.config import RunConfig
+    from harness.errors import HarnessError
+    from harness.evaluation import evaluate
+    from harness.runner import _mask, _obs_spec, _task_ctx, prepare
+    from methods.base import MethodContext
+    run_dir = run_dir_of(ref)
+    if not (run_dir / "config.json").is_file():
+        raise HarnessError(f"{run_dir} has no config.json: not a run's checkpoint directory")
+    cfg, infos, spec, method_cfg = prepare(RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())))
+    payload = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
+    done = int(payload["progress"]["task_index"])
+    if done < len(infos):
+        raise HarnessError(f"run {ref} has finished {done} of its {len(infos)} tasks: its checkpoint is not its final "
+                           "policy (resume it first: cli.py run-stream --resume)")
+    # the run's own method folder: its replays are reloaded from there (read only; acting writes nothing)
+    ctx = MethodContext(task_names=tuple(i.name for i in infos), obs_spec=_obs_spec(cfg.env),
+                        action_dim=int(cfg.env.action_pad_dim), seed=cfg.seed, device="cpu", workdir=run_dir / "method",
+                        log_json=None)
+    method = spec.build(method_cfg, ctx)
+    method.load_state_dict(payload["method"])
+    import torch
+    out = {}
+    for i, info in enumerate(infos):
+        torch.manual_seed(cfg.seed)   # the policy's sampled latents: the same numbers on every call
+        res = evaluate(method, _task_ctx(i, cfg, info, _mask(info, cfg.env.action_pad_dim)), info, cfg.env,
+                       episodes, cfg.seed)
+        out[info.name] = {"score": res.score, "return": res.mean_return, "success": res.success_rate}
+    return {"run": ref, "method": cfg.method, "seed": cfg.seed, "episodes": episodes, "tasks": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="MLflow run ids or checkpoint directories of finished runs")
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="also write the table (.md) and the numbers (.json) here")
+    a = ap.parse_args()
+    if a.episodes < 1 or a.threads < 1:
+        ap.error("--episodes and --threads must be >= 1")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import torch
+    torch.set_num_threads(a.threads)
+    from harness.errors import HarnessError
+    try:
+        rows = [final_eval(r, a.episodes) for r in a.runs]
+    except HarnessError as exc:
+        sys.exit(f"error: {exc}")
+    lines = [f"Final policies evaluated again, {a.episodes} episodes per task (the run's own evaluation seeds first); "
+             "score 0-100 (DMC return/10, Meta-World success x 100)", "",
+             "| run | method | seed | task | score |", "|---|---|---|---|---|"]
+    lines += [f"| {Path(r['run']).name[:8]} | {r['method']} | {r['seed']} | {t} | {v['score']:.1f} |"
+              for r in rows for t, v in r["tasks"].items()]
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(text + "\n")
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

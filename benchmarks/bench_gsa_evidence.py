@@ -227,19 +227,15 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
             entry["bc_prior"] = {"runs": len(priors), "episodes": a.bc_episodes, "score_mean": float(p.mean()),
                                  "score_ci": bootstrap_ci(p), "random_score_mean": float(r.mean()),
                                  "action_std_mean": float(np.mean([v["prior"]["action_std"] for v in priors]))}
-        g, d = cells[t].get("gsa"), cells[t].get("dreamer")
-        if g and d:
-            lo, hi = diff_ci(np.array(g["final"]), np.array(d["final"]))
-            entry["gsa_minus_dreamer"] = {"mean": float(np.mean(g["final"]) - np.mean(d["final"])), "ci_low": lo,
-                                          "ci_high": hi, "seeds": [len(g["final"]), len(d["final"])],
-                                          "ci_excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
-        ga, da = ([x for x in entry["methods"].get(m, {}).get("final_again", []) if x is not None]
-                  for m in ("gsa", "dreamer"))
-        if ga and da:   # the same difference on the final policies evaluated again on more episodes
-            lo, hi = diff_ci(np.array(ga), np.array(da))
-            entry["gsa_minus_dreamer_final_again"] = {
-                "mean": float(np.mean(ga) - np.mean(da)), "ci_low": lo, "ci_high": hi, "seeds": [len(ga), len(da)],
-                "episodes": a.final_episodes, "ci_excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
+        # gsa - dreamer on the final score (the issue's), on the final policies evaluated again, and on the AUC
+        for name, key in (("gsa_minus_dreamer", "final"), ("gsa_minus_dreamer_final_again", "final_again"),
+                          ("gsa_minus_dreamer_auc", "auc")):
+            g, d = (np.array([x for x in entry["methods"].get(m, {}).get(key, []) if x is not None])
+                    for m in ("gsa", "dreamer"))
+            if len(g) and len(d):
+                lo, hi = diff_ci(g, d)
+                entry[name] = {"mean": float(g.mean() - d.mean()), "ci_low": lo, "ci_high": hi, "seeds": [len(g), len(d)],
+                               "ci_excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
         means = {m: v["final_mean"] for m, v in entry["methods"].items()}
         if all(k in means for k in ("gsa", "gsa-p-er", "gsa-p-g", "gsa-p")):
             entry["fig6_order"] = {"P+ER+G >= P+ER": means["gsa"] >= means["gsa-p-er"],
@@ -282,11 +278,10 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
         if bc:
             lines.append(f"| {t} | *π_bc alone* (gsa, gsa-p-g runs) | {bc['runs']} | {fmt(bc['score_mean'], bc['score_ci'])}"
                          f" (random {bc['random_score_mean']:.1f}) | | | |")
-        d, da = out["tasks"][t].get("gsa_minus_dreamer"), out["tasks"][t].get("gsa_minus_dreamer_final_again")
-        if d:
-            again = fmt(da["mean"], (da["ci_low"], da["ci_high"]), "+") if da else ""
-            lines.append(f"| {t} | **gsa - dreamer** | {d['seeds']} | {fmt(d['mean'], (d['ci_low'], d['ci_high']), '+')} | "
-                         f"{again} | | |")
+        diffs = [out["tasks"][t].get(f"gsa_minus_dreamer{k}") for k in ("", "_final_again", "_auc")]
+        if diffs[0]:
+            cols = [fmt(x["mean"], (x["ci_low"], x["ci_high"]), "+") if x else "" for x in diffs]
+            lines.append(f"| {t} | **gsa - dreamer** | {diffs[0]['seeds']} | {' | '.join(cols)} | |")
     lines += ["", "Verdicts (expected: GSA above Dreamer, the CI of the difference excluding 0; the ablations in Fig. 6's "
                   "order):"]
     def verdict(d: dict | None, what: str) -> str:
@@ -302,6 +297,7 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
         said = [verdict(e.get("gsa_minus_dreamer"), "final")]
         if out["final_again_episodes"]:
             said.append(verdict(e.get("gsa_minus_dreamer_final_again"), "final again"))
+        said.append(verdict(e.get("gsa_minus_dreamer_auc"), "AUC"))
         said.append("Fig. 6: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in order.items()) if order
                     else "Fig. 6: not every ablation run yet")
         lines.append(f"- {t}: {'; '.join(said)}")

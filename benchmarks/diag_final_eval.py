@@ -27,9 +27,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.diag_bc_prior import run_dir_of  # noqa: E402
 
 
-def final_eval(ref: str, episodes: int) -> dict:
+def final_eval(ref: str, episodes: int, draws: int = 1) -> dict:
     """``{"run", "method", "seed", "episodes", "tasks": {task: {"score", "return", "success"}}}`` of ``ref``'s
-    final policy (an MLflow run id or a checkpoint directory) over ``episodes`` evaluation episodes per task."""
+    final policy (an MLflow run id or a checkpoint directory) over ``episodes`` evaluation episodes per task.
+    ``draws`` > 1: the same evaluation repeated with the policy's latents drawn from seeds seed, seed + 1, ...
+    (the same env episodes each time); each task then also has ``draws``: every draw's score, and ``score`` is
+    the first's."""
     from harness import checkpoint
     from harness.config import RunConfig
     from harness.errors import HarnessError
@@ -54,10 +57,15 @@ def final_eval(ref: str, episodes: int) -> dict:
     import torch
     out = {}
     for i, info in enumerate(infos):
-        torch.manual_seed(cfg.seed)   # the policy's sampled latents: the same numbers on every call
-        res = evaluate(method, _task_ctx(i, cfg, info, _mask(info, cfg.env.action_pad_dim)), info, cfg.env,
-                       episodes, cfg.seed)
+        results = []
+        for d in range(draws):
+            torch.manual_seed(cfg.seed + d)   # the policy's sampled latents: the same numbers on every call
+            results.append(evaluate(method, _task_ctx(i, cfg, info, _mask(info, cfg.env.action_pad_dim)), info,
+                                    cfg.env, episodes, cfg.seed))
+        res = results[0]
         out[info.name] = {"score": res.score, "return": res.mean_return, "success": res.success_rate}
+        if draws > 1:
+            out[info.name]["draws"] = [r.score for r in results]
     return {"run": ref, "method": cfg.method, "seed": cfg.seed, "episodes": episodes, "tasks": out}
 
 
@@ -65,24 +73,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="MLflow run ids or checkpoint directories of finished runs")
     ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--draws", type=int, default=1,
+                    help="repeat each evaluation with this many seeds of the policy's sampled latents (same env "
+                         "episodes): how much one evaluation of the same policy moves")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the table (.md) and the numbers (.json) here")
     a = ap.parse_args()
-    if a.episodes < 1 or a.threads < 1:
-        ap.error("--episodes and --threads must be >= 1")
+    if min(a.episodes, a.threads, a.draws) < 1:
+        ap.error("--episodes, --draws and --threads must be >= 1")
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
     torch.set_num_threads(a.threads)
     from harness.errors import HarnessError
     try:
-        rows = [final_eval(r, a.episodes) for r in a.runs]
+        rows = [final_eval(r, a.episodes, a.draws) for r in a.runs]
     except HarnessError as exc:
         sys.exit(f"error: {exc}")
     lines = [f"Final policies evaluated again, {a.episodes} episodes per task (the run's own evaluation seeds first); "
              "score 0-100 (DMC return/10, Meta-World success x 100)", "",
-             "| run | method | seed | task | score |", "|---|---|---|---|---|"]
-    lines += [f"| {Path(r['run']).name[:8]} | {r['method']} | {r['seed']} | {t} | {v['score']:.1f} |"
-              for r in rows for t, v in r["tasks"].items()]
+             "| run | method | seed | task | score |" + (f" over {a.draws} draws: mean | min | max | draws |" if a.draws > 1
+                                                        else ""),
+             "|---|---|---|---|---|" + ("---|---|---|---|" if a.draws > 1 else "")]
+    for r in rows:
+        for t, v in r["tasks"].items():
+            row = f"| {Path(r['run']).name[:8]} | {r['method']} | {r['seed']} | {t} | {v['score']:.1f} |"
+            if "draws" in v:
+                x = v["draws"]
+                row += f" {sum(x) / len(x):.1f} | {min(x):.1f} | {max(x):.1f} | {' '.join(f'{y:.1f}' for y in x)} |"
+            lines.append(row)
     text = "\n".join(lines)
     print(text)
     if a.out:

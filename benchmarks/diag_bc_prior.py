@@ -35,6 +35,17 @@ def run_dir_of(ref: str) -> Path:
     return Path(run.data.tags["checkpoint_dir"])
 
 
+def show(lines: list[str], rows: list[dict], out: str | None) -> None:
+    """A diagnostic's table printed, and with ``out`` also saved as ``out.md`` and its numbers as ``out.json``."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".md").write_text(text + "\n")
+        path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
 class ActionRecorder:
     """A policy's ``act`` with every action it returns kept (for the action spread)."""
 
@@ -117,13 +128,7 @@ def main() -> None:
         lines.append(f"| {Path(r['run']).name[:8]} | {r['method']} | {r['seed']} | {r['task']} | {r['retrieved']} | "
                      f"{r['bc_loss']:.3f} | {r['prior']['score']:.1f} | {r['random']['score']:.1f} | "
                      f"{r['prior']['action_std']:.2f} | {r['random']['action_std']:.2f} |")
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(text + "\n")
-        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    show(lines, rows, a.out)
 
 
 if __name__ == "__main__":

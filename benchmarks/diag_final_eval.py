@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.diag_bc_prior import run_dir_of  # noqa: E402
+from benchmarks.diag_bc_prior import run_dir_of, show  # noqa: E402
 
 
 def final_eval(ref: str, episodes: int, draws: int = 1) -> dict:
@@ -101,13 +101,7 @@ def main() -> None:
                 x = v["draws"]
                 row += f" {sum(x) / len(x):.1f} | {min(x):.1f} | {max(x):.1f} | {' '.join(f'{y:.1f}' for y in x)} |"
             lines.append(row)
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(text + "\n")
-        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    show(lines, rows, a.out)
 
 
 if __name__ == "__main__":

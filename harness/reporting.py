@@ -26,8 +26,15 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+# Set by a sweep for its jobs when they report through its temporary server (gone when the sweep ends): the store
+# behind that server, which the jobs' "look at the results" line names instead.
+STORE_ENV = "GSA_SWEEP_STORE_URI"
+
+
 def ui_command(uri: str | None = None) -> str:
     uri = uri or tracking_uri()
+    if os.environ.get(STORE_ENV) and uri == os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ[STORE_ENV]
     if uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {uri}"
     return f"open {uri} in a browser"

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from harness.errors import HarnessError
 from harness.launch import CLI, RunOptions, run_key
 from harness.lifecycle import liveness
+from harness.reporting import STORE_ENV
 
 BACKENDS = ("local", "ray", "slurm")
 SWEEP_TAG = "sweep"
@@ -300,8 +301,8 @@ class Slot:
     gpu: int | None = None
     gpu_fraction: float = 0.0
 
-    def env(self, tracking_uri: str) -> dict[str, str]:
-        out = {"MLFLOW_TRACKING_URI": tracking_uri, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+    def env(self, tracking: dict[str, str]) -> dict[str, str]:
+        out = dict(tracking) | {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
                "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         if self.gpu is not None:
             out |= {"CUDA_VISIBLE_DEVICES": str(self.gpu), "MUJOCO_EGL_DEVICE_ID": str(self.gpu)}
@@ -311,10 +312,11 @@ class Slot:
 
 
 class Backend(Protocol):
+    """Runs jobs on ``slots`` workers; ``tracking`` holds the environment variables that say where they report."""
     name: str
     slots: int
 
-    def run(self, jobs: Sequence[Job], tracking_uri: str, log_dir: str, max_retries: int,
+    def run(self, jobs: Sequence[Job], tracking: dict[str, str], log_dir: str, max_retries: int,
             done: Callable[[JobResult], None]) -> list[JobResult]: ...
 
 
@@ -352,7 +354,7 @@ class LocalBackend:
                                f"{math.ceil(self.concurrency / per_gpu)} GPUs; {n} visible")
         return [Slot(threads, i // per_gpu, min(1.0, self.gpus_per_job)) for i in range(self.concurrency)]
 
-    def run(self, jobs: Sequence[Job], tracking_uri: str, log_dir: str, max_retries: int,
+    def run(self, jobs: Sequence[Job], tracking: dict[str, str], log_dir: str, max_retries: int,
             done: Callable[[JobResult], None]) -> list[JobResult]:
         import queue
         free: queue.Queue[Slot] = queue.Queue()
@@ -362,7 +364,7 @@ class LocalBackend:
         def work(job: Job) -> JobResult:
             slot = free.get()
             try:
-                res = run_job(_with_threads(job, slot.threads), slot.env(tracking_uri), log_dir, max_retries)
+                res = run_job(_with_threads(job, slot.threads), slot.env(tracking), log_dir, max_retries)
             finally:
                 free.put(slot)
             done(res)
@@ -416,7 +418,7 @@ class RayBackend:
             raise HarnessError(f"Ray address {address!r} does not answer ({exc}); start the cluster with "
                                "`ray start --head`, or leave --ray-address unset for a local Ray") from None
 
-    def run(self, jobs: Sequence[Job], tracking_uri: str, log_dir: str, max_retries: int,
+    def run(self, jobs: Sequence[Job], tracking: dict[str, str], log_dir: str, max_retries: int,
             done: Callable[[JobResult], None]) -> list[JobResult]:
         import ray
         address = self.address or os.environ.get("RAY_ADDRESS")
@@ -431,7 +433,7 @@ class RayBackend:
         try:
             remote = ray.remote(_ray_job).options(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job,
                                                   max_retries=self.worker_retries)
-            env = Slot(self.cpus_per_job).env(tracking_uri)
+            env = Slot(self.cpus_per_job).env(tracking)
             refs = {remote.remote(_with_threads(j, self.cpus_per_job), env, log_dir, max_retries,
                                   self.gpus_per_job): j for j in jobs}
             results: dict[str, JobResult] = {}
@@ -483,7 +485,7 @@ class SlurmBackend:
     def slots(self) -> int:
         return self.concurrency
 
-    def run(self, jobs: Sequence[Job], tracking_uri: str, log_dir: str, max_retries: int,
+    def run(self, jobs: Sequence[Job], tracking: dict[str, str], log_dir: str, max_retries: int,
             done: Callable[[JobResult], None]) -> list[JobResult]:
         import submitit
         ex = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
@@ -494,7 +496,7 @@ class SlurmBackend:
         if self.partition:
             params["slurm_partition"] = self.partition
         ex.update_parameters(**params)
-        env = Slot(self.cpus_per_job).env(tracking_uri)
+        env = Slot(self.cpus_per_job).env(tracking)
         fn = _SubmititJob(env, log_dir, max_retries)
         handles = ex.map_array(fn, [_with_threads(j, self.cpus_per_job) for j in jobs])
         results = []
@@ -627,7 +629,10 @@ def run_sweep(jobs: Sequence[Job], sweep: str, backend: Backend, *, max_retries:
         logs = log_dir or str(Path("sweeps") / sweep / "logs")
         needed = backend.name != "local" or min(backend.slots, len(todo)) > 1
         with tracking_server(uri, needed, echo) as job_uri:
-            results += backend.run(todo, job_uri, str(Path(logs).resolve()), max_retries,
+            tracking = {"MLFLOW_TRACKING_URI": job_uri}
+            if job_uri != uri:   # the server goes with the sweep: a job's log names the store behind it
+                tracking[STORE_ENV] = uri
+            results += backend.run(todo, tracking, str(Path(logs).resolve()), max_retries,
                                    lambda r: echo(f"  {r.label}: {r.status} after {r.attempts} attempt(s), "
                                                   f"{r.wall_s / 60:.1f} min" + (f"; {r.error}" if r.error else "")))
     report = SweepReport(sweep, planned, results, time.monotonic() - t0)

@@ -102,6 +102,9 @@ def test_a_real_server_takes_four_jobs_starting_at_once(mlflow_uri, tmp_path):
     assert sorted(r.data.tags["seed"] for r in parents) == ["0", "1", "2", "3"]
     text = "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
     assert "database is locked" not in text and "Traceback" not in text
+    # the jobs reported through the sweep's server, gone now: their logs name the store behind it
+    assert text.count(f"look at the results with: mlflow ui --backend-store-uri {mlflow_uri}") == 4, text[-2000:]
+    assert "http://127.0.0.1" not in text.split("look at the results with:")[-1]
     exps = [e.name for e in MlflowClient(mlflow_uri).search_experiments()]
     assert exps.count("stream/quick") == 1
 

@@ -236,10 +236,17 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
                 lo, hi = diff_ci(g, d)
                 entry[name] = {"mean": float(g.mean() - d.mean()), "ci_low": lo, "ci_high": hi, "seeds": [len(g), len(d)],
                                "ci_excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
-        means = {m: v["final_mean"] for m, v in entry["methods"].items()}
-        if all(k in means for k in ("gsa", "gsa-p-er", "gsa-p-g", "gsa-p")):
-            entry["fig6_order"] = {"P+ER+G >= P+ER": means["gsa"] >= means["gsa-p-er"],
-                                   "P+G >= P": means["gsa-p-g"] >= means["gsa-p"]}
+        # Fig. 6's order, each pair compared on the seeds both have finished (not 3 seeds against 1)
+        fig6 = {m: dict(zip(v["seeds"], v["final"])) for m, v in entry["methods"].items()
+                if m in ("gsa", "gsa-p-er", "gsa-p-g", "gsa-p")}
+        if len(fig6) == 4:
+            pairs = {"P+ER+G >= P+ER": ("gsa", "gsa-p-er"), "P+G >= P": ("gsa-p-g", "gsa-p")}
+            shared = {k: sorted(set(fig6[a]) & set(fig6[b])) for k, (a, b) in pairs.items()}
+            if all(shared.values()):
+                entry["fig6_order"] = {k: bool(np.mean([fig6[a][s] for s in shared[k]])
+                                               >= np.mean([fig6[b][s] for s in shared[k]]))
+                                       for k, (a, b) in pairs.items()}
+                entry["fig6_seeds"] = {k: len(v) for k, v in shared.items()}
         out["tasks"][t] = entry
     write(out, curves, tasks, methods, seeds)
     return out
@@ -298,8 +305,9 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
         if out["final_again_episodes"]:
             said.append(verdict(e.get("gsa_minus_dreamer_final_again"), "final again"))
         said.append(verdict(e.get("gsa_minus_dreamer_auc"), "AUC"))
-        said.append("Fig. 6: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in order.items()) if order
-                    else "Fig. 6: not every ablation run yet")
+        said.append("Fig. 6 (final, on the seeds both finished): "
+                    + ", ".join(f"{k} {'yes' if v else 'no'} ({e['fig6_seeds'][k]} seed{'s' * (e['fig6_seeds'][k] > 1)})"
+                                for k, v in order.items()) if order else "Fig. 6: not every ablation run yet")
         lines.append(f"- {t}: {'; '.join(said)}")
     def finished(ts: list[str]) -> int:
         return sum(len(v["seeds"]) for t in ts for v in out["tasks"][t]["methods"].values())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -81,6 +82,7 @@ def run_main(main: Callable[[], None]) -> None:
 
     from harness.errors import HarnessError
     from harness.lifecycle import Terminated
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # as cli.py: no bar per download
     try:
         main()
     except HarnessError as exc:

@@ -305,9 +305,11 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
         if out["final_again_episodes"]:
             said.append(verdict(e.get("gsa_minus_dreamer_final_again"), "final again"))
         said.append(verdict(e.get("gsa_minus_dreamer_auc"), "AUC"))
-        said.append("Fig. 6 (final, on the seeds both finished): "
-                    + ", ".join(f"{k} {'yes' if v else 'no'} ({e['fig6_seeds'][k]} seed{'s' * (e['fig6_seeds'][k] > 1)})"
-                                for k, v in order.items()) if order else "Fig. 6: not every ablation run yet")
+        if order:
+            said.append("Fig. 6 (final, on the seeds both finished): " + ", ".join(
+                f"{k} {'yes' if v else 'no'} (seeds: {e['fig6_seeds'][k]})" for k, v in order.items()))
+        else:
+            said.append("Fig. 6: not every ablation run yet")
         lines.append(f"- {t}: {'; '.join(said)}")
     def finished(ts: list[str]) -> int:
         return sum(len(v["seeds"]) for t in ts for v in out["tasks"][t]["methods"].values())

@@ -303,7 +303,7 @@ class Slot:
 
     def env(self, tracking: dict[str, str]) -> dict[str, str]:
         out = dict(tracking) | {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-               "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+                                "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         if self.gpu is not None:
             out |= {"CUDA_VISIBLE_DEVICES": str(self.gpu), "MUJOCO_EGL_DEVICE_ID": str(self.gpu)}
             if 0 < self.gpu_fraction < 1:

@@ -222,7 +222,7 @@ def _pretrained_folder(value: str | None) -> tuple[str | None, tuple[str, ...]]:
 
 @main.group()
 def runs() -> None:
-    """List runs with whether their process is alive; mark dead ones KILLED."""
+    """List runs with whether their process is alive; mark dead ones KILLED; export and import finished runs."""
 
 
 def _parent_runs(rep, experiment: str | None, status: str | None) -> list:
@@ -286,6 +286,32 @@ def runs_gc(experiment: str | None, stale_after: float | None, dry_run: bool) ->
     click.echo(f"{len(dead)} dead run(s) {'found' if dry_run else 'marked KILLED'}")
 
 
+@runs.command("export")
+@click.option("--sweep", "sweep_id", required=True, help="The sweep whose finished runs to write.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The folder of run records.")
+def runs_export(sweep_id: str, out: str) -> None:
+    """Write each FINISHED run of a sweep, with its task runs and whole metric histories, as a JSON record in
+    OUT (one per job; kept records are not rewritten). The records outlive the store: commit or copy them, and
+    `runs import` puts them into another (harness/archive.py)."""
+    from harness.archive import export_runs
+    from harness.reporting import MlflowReporter
+    rep = MlflowReporter()
+    written = export_runs(rep.client, sweep_id, out, click.echo)
+    click.echo(f"{len(written)} run(s) of sweep {sweep_id!r} written to {out}")
+
+
+@runs.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def runs_import(paths: tuple[str, ...]) -> None:
+    """Put run records (files, or folders of them, written by `runs export`) into the store as finished runs;
+    runs the store holds already are skipped. A sweep run again then skips the imported jobs."""
+    from harness.archive import import_runs
+    from harness.reporting import MlflowReporter
+    rep = MlflowReporter()
+    imported, skipped = import_runs(rep.client, list(paths), click.echo)
+    click.echo(f"{imported} run(s) imported into {rep.uri}, {skipped} already there")
+
+
 # ------------------------------------------------------------------------------------ sweeps
 
 class _DefaultGroup(click.Group):
@@ -342,6 +368,9 @@ def _int_list(value: str | None, what: str) -> tuple[int, ...]:
 @click.option("--slurm-partition", default=None)
 @click.option("--slurm-timeout-min", type=int, default=None)
 @click.option("--slurm-folder", default=None, help="submitit's folder for job scripts and logs (default slurm/).")
+@click.option("--archive", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Keep the finished runs as records in DIR too (`runs export`; commit or copy it): its records "
+                   "are imported first, so a sweep on a fresh store skips the jobs they hold.")
 @click.option("--dry-run", is_flag=True, help="Print the run-stream commands of the jobs left to run; run nothing.")
 def sweep_run(streams: str | None, sweep_file: str | None, methods: str | None, seeds: str | None, name: str | None,
               preset: str | None, overrides: tuple[str, ...], frames_per_task: int | None, eval_every: int | None,
@@ -351,7 +380,7 @@ def sweep_run(streams: str | None, sweep_file: str | None, methods: str | None, 
               cpus_per_job: int | None,
               gpus_per_job: float | None, max_retries: int | None, ray_address: str | None,
               slurm_partition: str | None, slurm_timeout_min: int | None, slurm_folder: str | None,
-              dry_run: bool) -> None:
+              archive: str | None, dry_run: bool) -> None:
     """Run STREAMS (comma-separated names or stream files) x --methods x --seeds, or a --file sweep."""
     import dataclasses
     import shlex
@@ -413,7 +442,9 @@ def sweep_run(streams: str | None, sweep_file: str | None, methods: str | None, 
             click.echo(f"{j.label}: " + shlex.join(argv))
         click.echo(f"sweep {sweep_id}: {len(jobs)} jobs on backend {backend_name}; nothing was run (--dry-run)")
         return
-    report = run_sweep(jobs, sweep_id, be, max_retries=retries, echo=click.echo)
+    from harness.archive import keep_records
+    on_result = keep_records(MlflowReporter().client, sweep_id, archive, click.echo) if archive else (lambda _: None)
+    report = run_sweep(jobs, sweep_id, be, max_retries=retries, echo=click.echo, on_result=on_result)
     if not report.ok:
         raise HarnessError(f"sweep {sweep_id}: some jobs did not finish; see `python cli.py sweep status {sweep_id}` "
                            "and run the same command again to continue them")

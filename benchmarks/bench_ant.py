@@ -37,7 +37,7 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.jobs import check_grid, guidance_sets, prepare_pretrained, run_jobs, run_main, run_stream_options  # noqa: E402
+from benchmarks.jobs import check_grid, guidance_sets, prepare_pretrained, run_jobs, run_main, run_stream_options, sync_archive  # noqa: E402
 
 # Each learner's own name for "frames of the warm-up policy per task" (the config fields, with their prefix).
 WARMUP_FIELDS = {"dreamer": ["warmup_env_frames", "warmup_min_episodes=1"],
@@ -81,7 +81,8 @@ def main() -> None:
     ap.add_argument("--stream", default="ant")
     ap.add_argument("--methods", default="gsa,packnet,drqv2,dreamer",
                     help="in the order they run within a seed: the model-free runs take about a tenth of a "
-                         "world-model run's time, so PackNet/GSA and DrQ-v2 come before Dreamer")
+                         "world-model run's time, so PackNet (and with it the PackNet/GSA ratio) and DrQ-v2 come "
+                         "before Dreamer")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--frames-per-task", type=int, default=4_000, help="env frames per task (paper: 300k)")
     ap.add_argument("--eval-every", type=int, default=2_000)
@@ -119,6 +120,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     _, methods, seeds = check_grid(ap, methods=a.methods, seeds=a.seeds, positive={"--frames-per-task": a.frames_per_task})
     sweep = a.sweep or f"bench-ant-{stream.name}"
+    archive = ROOT / "benchmarks" / "results" / "runs" / sweep   # the finished runs as committed records
     t0 = time.time()
     if not a.compare_only:
         data_tasks = a.data_tasks or ",".join(dict.fromkeys(t.name for t in stream.tasks))
@@ -139,10 +141,12 @@ def main() -> None:
                     eval_every=a.eval_every, eval_episodes=a.eval_episodes)))
         print(f"{len(jobs)} runs of {stream.name} ({len(stream.tasks)} tasks x {a.frames_per_task} env frames), "
               f"{a.parallel} at once", flush=True)
-        done = run_jobs(jobs, sweep, a.parallel, work / "logs", echo=lambda line: print(line, flush=True))
+        done = run_jobs(jobs, sweep, a.parallel, work / "logs", echo=lambda line: print(line, flush=True),
+                        archive=archive)
         failed = [k for k, r in done.items() if r.status not in ("FINISHED", "SKIPPED")]
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {work / 'logs'}); comparing the others", flush=True)
+    sync_archive(sweep, archive, lambda line: print(line, flush=True))
     rc = subprocess.run(cli + ["compare", stream.name, "--methods", a.methods, "--seeds", a.seeds,
                                "--sweep", sweep, "--out", a.out]).returncode
     if rc != 0:      # compare has said what is missing; the runs stay in MLflow for --compare-only

@@ -46,10 +46,27 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
 from benchmarks.bench_gsa import method_overrides, plot_task_curves, stream_file  # noqa: E402
-from benchmarks.jobs import check_grid, guidance_sets, icm_top_up, run_child, run_jobs, run_main, run_stream_options  # noqa: E402
+from benchmarks.jobs import check_grid, guidance_sets, icm_top_up, run_child, run_jobs, run_main, run_stream_options, sync_archive  # noqa: E402
 
 METHODS = "gsa,gsa-p,gsa-p-er,gsa-p-g,dreamer,random"
 SWEEP = "gsa-evidence"
+# The sweep's finished runs as committed records (harness/archive.py): imported into a fresh store, so a machine
+# lost with its store loses no finished run.
+ARCHIVE = OUT / "runs" / SWEEP
+# The first store was lost with its machine before runs were kept as records: its report (per-seed final, AUC
+# and final-again scores; 28 runs + 4 of push-v3) is reported beside the later runs, and those jobs are not run
+# again unless --rerun-recorded (their curves are gone: the plot has the later runs only).
+RECORDED = OUT / "gsa_evidence_recorded.json"
+
+
+def recorded_seeds(task: str, method: str) -> dict[int, dict]:
+    """{seed: {final, auc, final_again, run_id}} of ``RECORDED`` for one task and method."""
+    v = json.loads(RECORDED.read_text())["tasks"].get(task, {}).get("methods", {}).get(method) if RECORDED.is_file() else None
+    if not v:
+        return {}
+    again = v.get("final_again") or [None] * len(v["seeds"])
+    return {int(s): {"final": f, "auc": u, "final_again": g, "run_id": r}
+            for s, f, u, g, r in zip(v["seeds"], v["final"], v["auc"], again, v["run_ids"])}
 # walker-walk: the DMC task fed by the ICM explorer's data. window-close-v3: the Meta-World task where π_bc from the
 # noisy experts is good (100 in each of 4 diagnostic seeds, random 0; benchmarks/results/bc_prior_robustness.md,
 # measured before any GSA run on it). peg-unplug-side-v3 was chosen on 2 diagnostic seeds (60, 60); 6 seeds gave
@@ -201,6 +218,21 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
         if share:
             c["bc_share"].append(float(share[0]))
         curves[task].setdefault(m, []).append(curve)
+    for t in tasks:   # the lost store's runs (RECORDED), where no later run of the same seed is there
+        for m in methods:
+            for seed, v in sorted(recorded_seeds(t, m).items()):
+                c = cells[t].setdefault(m, {"seeds": [], "final": [], "auc": [], "bc_share": [], "run_ids": []})
+                if seed in seeds and seed not in c["seeds"]:
+                    c["seeds"].append(seed)
+                    c["final"].append(v["final"])
+                    c["auc"].append(v["auc"])
+                    c["run_ids"].append(v["run_id"])
+                    c.setdefault("recorded", {})[v["run_id"]] = v["final_again"]
+    for c in (c for t in tasks for c in cells[t].values()):   # by seed: the bootstrap CIs do not hang on run order
+        order = np.argsort(c["seeds"], kind="stable")
+        for k in ("seeds", "final", "auc", "run_ids"):
+            c[k] = [c[k][i] for i in order]
+    lost = json.loads(RECORDED.read_text())["tasks"] if RECORDED.is_file() else {}
     out = {"sweep": SWEEP, "commit": git_commit(), "frames_per_task": frames, "preset": a.preset, "obs": "proprio",
            "seeds_planned": seeds, "methods": methods, "final_again_episodes": a.final_episodes, "tasks": {}}
     for t in tasks:
@@ -210,16 +242,24 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
             entry["methods"][m] = {"seeds": c["seeds"], "final": c["final"], "final_mean": float(f.mean()),
                                    "final_ci": bootstrap_ci(f), "auc": c["auc"], "auc_mean": float(u.mean()) if len(u) else None,
                                    "auc_ci": bootstrap_ci(u), "run_ids": c["run_ids"]}
-            if c["bc_share"]:
-                entry["methods"][m]["bc_share_mean"] = float(np.mean(c["bc_share"]))
+            rec = c.get("recorded", {})
+            if rec:
+                entry["methods"][m]["recorded_run_ids"] = sorted(rec)
+            share = c["bc_share"] or ([lost[t]["methods"][m]["bc_share_mean"]] if rec and "bc_share_mean" in
+                                      lost.get(t, {}).get("methods", {}).get(m, {}) else [])
+            if share:   # the recorded runs' mean share where no later run has one
+                entry["methods"][m]["bc_share_mean"] = float(np.mean(share))
             if a.final_episodes:
-                again = final_policy_scores(c["run_ids"], Path(a.workdir) / "final_eval.json", a.final_episodes)
-                fe = [again[r]["tasks"][t]["score"] if "tasks" in again[r] else None for r in c["run_ids"]]
+                mine = [r for r in c["run_ids"] if r not in rec]
+                again = final_policy_scores(mine, Path(a.workdir) / "final_eval.json", a.final_episodes)
+                fe = [rec[r] if r in rec else again[r]["tasks"][t]["score"] if "tasks" in again[r] else None
+                      for r in c["run_ids"]]
                 ok = np.array([x for x in fe if x is not None])
                 entry["methods"][m] |= {"final_again": fe, "final_again_episodes": a.final_episodes,
                                         "final_again_mean": float(ok.mean()) if len(ok) else None,
                                         "final_again_ci": bootstrap_ci(ok)}
-        guided = [rid for m in ("gsa", "gsa-p-g") for rid in cells[t].get(m, {}).get("run_ids", [])]
+        guided = [rid for m in ("gsa", "gsa-p-g") for rid in cells[t].get(m, {}).get("run_ids", [])
+                  if rid not in cells[t][m].get("recorded", {})]
         priors = [v for v in bc_prior_scores(guided, Path(a.workdir) / "bc_prior.json", a.bc_episodes).values()
                   if "prior" in v]
         if priors:   # what guidance hands the learner: π_bc acting alone, next to random on the same episodes
@@ -227,6 +267,8 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
             entry["bc_prior"] = {"runs": len(priors), "episodes": a.bc_episodes, "score_mean": float(p.mean()),
                                  "score_ci": bootstrap_ci(p), "random_score_mean": float(r.mean()),
                                  "action_std_mean": float(np.mean([v["prior"]["action_std"] for v in priors]))}
+        elif "bc_prior" in lost.get(t, {}):   # only the lost store's guided runs: their measurement, as recorded
+            entry["bc_prior"] = lost[t]["bc_prior"] | {"recorded": True}
         # gsa - dreamer on the final score (the issue's), on the final policies evaluated again, and on the AUC
         for name, key in (("gsa_minus_dreamer", "final"), ("gsa_minus_dreamer_final_again", "final_again"),
                           ("gsa_minus_dreamer_auc", "auc")):
@@ -237,10 +279,10 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
                 entry[name] = {"mean": float(g.mean() - d.mean()), "ci_low": lo, "ci_high": hi, "seeds": [len(g), len(d)],
                                "ci_excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
         # Fig. 6's order, each pair compared on the seeds both have finished (not 3 seeds against 1)
+        pairs = {"P+ER+G >= P+ER": ("gsa", "gsa-p-er"), "P+G >= P": ("gsa-p-g", "gsa-p")}
         fig6 = {m: dict(zip(v["seeds"], v["final"])) for m, v in entry["methods"].items()
-                if m in ("gsa", "gsa-p-er", "gsa-p-g", "gsa-p")}
+                if any(m in p for p in pairs.values())}
         if len(fig6) == 4:
-            pairs = {"P+ER+G >= P+ER": ("gsa", "gsa-p-er"), "P+G >= P": ("gsa-p-g", "gsa-p")}
             shared = {k: sorted(set(fig6[a]) & set(fig6[b])) for k, (a, b) in pairs.items()}
             if all(shared.values()):
                 entry["fig6_order"] = {k: bool(np.mean([fig6[a][s] for s in shared[k]])
@@ -283,7 +325,8 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
                          f"{fmt(v['auc_mean'], v['auc_ci'])} | {share} |")
         bc = out["tasks"][t].get("bc_prior")
         if bc:
-            lines.append(f"| {t} | *π_bc alone* (gsa, gsa-p-g runs) | {bc['runs']} | {fmt(bc['score_mean'], bc['score_ci'])}"
+            which = "gsa, gsa-p-g runs" + (", recorded" if bc.get("recorded") else "")
+            lines.append(f"| {t} | *π_bc alone* ({which}) | {bc['runs']} | {fmt(bc['score_mean'], bc['score_ci'])}"
                          f" (random {bc['random_score_mean']:.1f}) | | | |")
         diffs = [out["tasks"][t].get(f"gsa_minus_dreamer{k}") for k in ("", "_final_again", "_auc")]
         if diffs[0]:
@@ -311,6 +354,13 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
         else:
             said.append("Fig. 6: not every ablation run yet")
         lines.append(f"- {t}: {'; '.join(said)}")
+    rec = sum(len(v.get("recorded_run_ids", [])) for e in out["tasks"].values() for v in e["methods"].values())
+    if rec:
+        lines += ["", f"{rec} of these runs are recorded from a store lost with its machine "
+                      f"(`{RECORDED.relative_to(ROOT)}`): their per-seed scores as measured; their metric histories are gone, "
+                      "so the plot this script writes shows later runs only (theirs: `git show "
+                      "7801ca8:benchmarks/results/gsa_evidence.png`). "
+                      f"Later runs are kept as records in `{ARCHIVE.relative_to(ROOT)}`."]
     def finished(ts: list[str]) -> int:
         return sum(len(v["seeds"]) for t in ts for v in out["tasks"][t]["methods"].values())
     control = [t for t in tasks if t in CONTROL_TASKS.split(",")]
@@ -348,6 +398,9 @@ def main() -> None:
     ap.add_argument("--final-episodes", type=int, default=20,
                     help="the report also evaluates each finished run's final policy again on this many episodes "
                          "(diag_final_eval.py; once per run, cached): one 5-episode evaluation is noisy; 0: not")
+    ap.add_argument("--rerun-recorded", action="store_true",
+                    help=f"also run the jobs whose runs are recorded from the lost store ({RECORDED.name}); by "
+                         "default they are reported as recorded and not run again")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("--save-references", action="store_true",
@@ -378,9 +431,12 @@ def main() -> None:
                                                          pretrained=pres[TASKS.get(t).suite], runs_dir=work / "runs",
                                                          checkpoint_every=a.eval_every))
                 for t_primary in (True, False) for m_headline in (True, False) for s in seeds for t in tasks
-                for m in methods if (t in PRIMARY_TASKS) == t_primary and (m in HEADLINE) == m_headline]
-        print(f"{len(jobs)} runs in sweep {SWEEP}, {a.parallel} at once", flush=True)
-        run_jobs(jobs, SWEEP, a.parallel, work / "logs", echo=lambda line: print(line, flush=True))
+                for m in methods if (t in PRIMARY_TASKS) == t_primary and (m in HEADLINE) == m_headline
+                and (a.rerun_recorded or s not in recorded_seeds(t, m))]
+        print(f"{len(jobs)} runs in sweep {SWEEP}, {a.parallel} at once"
+              + ("" if a.rerun_recorded else f" (the runs recorded in {RECORDED.name} are not run again)"), flush=True)
+        run_jobs(jobs, SWEEP, a.parallel, work / "logs", echo=lambda line: print(line, flush=True), archive=ARCHIVE)
+    sync_archive(SWEEP, ARCHIVE, lambda line: print(line, flush=True))
     report = list(dict.fromkeys(EVIDENCE_TASKS.split(",") + tasks + CONTROL_TASKS.split(",")))
     out = summarize(report, methods, seeds, a.frames, a)
     if a.save_references:   # the methods with finished runs so far; rewritten as the sweep goes on

@@ -16,7 +16,7 @@ from harness.launch import RunOptions
 
 
 def run_jobs(items: Sequence[tuple[str, RunOptions]], sweep: str, parallel: int, logs: Path,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
+             echo: Callable[[str], None] = print, archive: Path | None = None) -> dict[str, Any]:
     """Run ``(label, run-stream options)`` through the sweep API (``harness/sweep.py``: idempotent, killed jobs
     resumed, one MLflow writer), ``parallel`` at once with one thread each; returns ``{label: JobResult}``.
     Run the benchmark again and its finished runs are skipped (their JobResult says SKIPPED, wall 0).
@@ -24,14 +24,32 @@ def run_jobs(items: Sequence[tuple[str, RunOptions]], sweep: str, parallel: int,
     SIGTERM to the benchmark (``kill``, a scheduler's stop) then stops its jobs as it does ``cli.py sweep``'s
     driver: each job checkpoints and ends KILLED, the sweep's tracking server goes too, and the next run
     continues them. Without the handler (the CLI installs it at its entry; a script must too) Python died at
-    once and left its job processes and the server running."""
+    once and left its job processes and the server running.
+
+    ``archive``: a folder of run records (``harness/archive.py``, committed with the results). Its records are
+    imported into the store first, so jobs finished on a store that is gone are skipped, and each run that
+    finishes is exported to it at once."""
+    from harness.archive import keep_records
     from harness.lifecycle import handle_sigterm
+    from harness.reporting import MlflowReporter
     from harness.sweep import make_backend, make_jobs, run_sweep
     handle_sigterm()
+    on_result = keep_records(MlflowReporter().client, sweep, archive, echo) if archive is not None else lambda _: None
     jobs = make_jobs([(label, dataclasses.replace(o, threads=1)) for label, o in items], sweep)
     report = run_sweep(jobs, sweep, make_backend("local", concurrency=max(1, parallel), cpus_per_job=1),
-                       log_dir=str(logs), echo=echo)
+                       log_dir=str(logs), echo=echo, on_result=on_result)
     return {r.label: r for r in report.results}
+
+
+def sync_archive(sweep: str, archive: Path, echo: Callable[[str], None] = print) -> None:
+    """The store and the folder of run records ``archive`` made to agree on ``sweep``'s finished runs: records
+    not in the store imported, finished runs not in the folder exported (before a report, which reads the store)."""
+    from harness.archive import export_runs, import_runs
+    from harness.reporting import MlflowReporter
+    client = MlflowReporter().client
+    n, _ = import_runs(client, [archive]) if archive.is_dir() else (0, 0)
+    written = export_runs(client, sweep, archive)
+    echo(f"run records in {archive}: {n} imported into the store, {len(written)} exported from it")
 
 
 def check_grid(ap: argparse.ArgumentParser, *, tasks: str | None = None, methods: str | None = None,

@@ -15,8 +15,8 @@ From the bottom up (a module imports only from its own layer or the layers below
 6. the drive -- ``harness.runner``, ``harness.evaluation``, ``harness.collect``, ``harness.pretraining``,
    ``harness.pipeline``, ``harness.compare``, ``harness.references`` (shipped reference results),
    ``harness.launch`` (a run-stream command as data),
-   ``harness.sweep`` (grids of runs on local, Ray and Slurm backends): they build methods and tasks, run
-   them and report;
+   ``harness.sweep`` (grids of runs on local, Ray and Slurm backends), ``harness.archive`` (finished runs as
+   records that outlive their store): they build methods and tasks, run them and report;
    ``harness.registry_models`` (pre-trained models in the MLflow model registry) and ``harness.doctor``
    (what decides results on this machine, and whether it renders).
 7. ``cli.py``.

@@ -607,8 +607,10 @@ class SweepReport:
 
 
 def run_sweep(jobs: Sequence[Job], sweep: str, backend: Backend, *, max_retries: int = 2, log_dir: str | None = None,
-              echo: Callable[[str], None] = print, uri: str | None = None) -> SweepReport:
-    """Run what is left of the sweep's jobs on ``backend``; returns what became of each."""
+              echo: Callable[[str], None] = print, uri: str | None = None,
+              on_result: Callable[[JobResult], None] = lambda _: None) -> SweepReport:
+    """Run what is left of the sweep's jobs on ``backend``; returns what became of each. ``on_result`` is called
+    with each job's result as it ends (e.g. to export a finished run at once: ``harness/archive.py``)."""
     from harness.reporting import MlflowReporter, tracking_uri
     t0 = time.monotonic()
     STOP.event.clear()
@@ -632,9 +634,11 @@ def run_sweep(jobs: Sequence[Job], sweep: str, backend: Backend, *, max_retries:
             tracking = {"MLFLOW_TRACKING_URI": job_uri}
             if job_uri != uri:   # the server goes with the sweep: a job's log names the store behind it
                 tracking[STORE_ENV] = uri
-            results += backend.run(todo, tracking, str(Path(logs).resolve()), max_retries,
-                                   lambda r: echo(f"  {r.label}: {r.status} after {r.attempts} attempt(s), "
-                                                  f"{r.wall_s / 60:.1f} min" + (f"; {r.error}" if r.error else "")))
+            def ended(r: JobResult) -> None:
+                echo(f"  {r.label}: {r.status} after {r.attempts} attempt(s), {r.wall_s / 60:.1f} min"
+                     + (f"; {r.error}" if r.error else ""))
+                on_result(r)
+            results += backend.run(todo, tracking, str(Path(logs).resolve()), max_retries, ended)
     report = SweepReport(sweep, planned, results, time.monotonic() - t0)
     counts = Counter(r.status for r in results)
     echo(f"sweep {sweep}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

@@ -19,7 +19,7 @@ HARNESS_LAYERS = {
     "data": {"steps", "replay", "metrics", "checkpoint", "streams", "config", "provenance"},
     "reporting": {"reporting", "plots", "lifecycle"},
     "drive": {"runner", "evaluation", "collect", "pipeline", "compare", "references", "pretraining", "launch", "sweep",
-              "registry_models", "doctor"},
+              "archive", "registry_models", "doctor"},
 }
 EXTERNAL_LAYERS = {"mlflow": "reporting"}   # third-party packages that belong to a layer
 

@@ -161,45 +161,49 @@ def diff_ci(a: np.ndarray, b: np.ndarray, reps: int = 10_000, seed: int = 0) -> 
     return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
-def cached_per_run(run_ids: list[str], cache: Path, episodes: int, measure: Callable[[str, int], dict]) -> dict[str, dict]:
-    """``measure(run_id, episodes)`` for finished runs, cached per run id in ``cache`` (a JSON file): a run is
-    measured once per episode count. A run that cannot be measured (no prior, its checkpoint gone) is cached
-    with its ``error``."""
+def cached_per_run(runs: dict[str, str], cache: Path, episodes: int, measure: Callable[[str, int], dict]) -> dict[str, dict]:
+    """``measure(run_id, episodes)`` for finished runs, cached in ``cache`` (a JSON file kept beside the run
+    records, committed: a record carries no checkpoint to measure again) by the run's original id: ``runs``
+    maps each original id to the run id in this store (an imported run's differs). A run is measured once per
+    episode count; one that cannot be measured (no prior, its checkpoint gone) is cached with its ``error``."""
     from harness.errors import HarnessError
     done = json.loads(cache.read_text()) if cache.is_file() else {}
-    for rid in run_ids:
-        if rid in done and done[rid].get("episodes", episodes) == episodes:
+    for key, rid in runs.items():
+        if key in done and done[key].get("episodes", episodes) == episodes:
             continue
         try:
-            done[rid] = measure(rid, episodes)
+            done[key] = measure(rid, episodes)
         except (HarnessError, KeyError, FileNotFoundError) as exc:
-            done[rid] = {"error": str(exc), "episodes": episodes}
-        cache.write_text(json.dumps(done, indent=1))
-    return {rid: done[rid] for rid in run_ids}
+            done[key] = {"error": str(exc), "episodes": episodes}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n")
+    return {key: done[key] for key in runs}
 
 
-def bc_prior_scores(run_ids: list[str], cache: Path, episodes: int) -> dict[str, dict]:
+def bc_prior_scores(runs: dict[str, str], episodes: int) -> dict[str, dict]:
     """π_bc alone (``benchmarks/diag_bc_prior.py``) for finished runs that trained one: its score and that of
     ``random`` on the same evaluation episodes."""
     from benchmarks.diag_bc_prior import diagnose
-    return cached_per_run(run_ids, cache, episodes, diagnose)
+    return cached_per_run(runs, ARCHIVE.with_name(f"{SWEEP}.bc_prior.json"), episodes, diagnose)
 
 
-def final_policy_scores(run_ids: list[str], cache: Path, episodes: int) -> dict[str, dict]:
+def final_policy_scores(runs: dict[str, str], episodes: int) -> dict[str, dict]:
     """Each finished run's final policy evaluated again on ``episodes`` episodes (``diag_final_eval.py``): the
     run's own final score is one 5-episode evaluation, and Dreamer's policy acts through sampled latents, so
     the same policy's 5-episode score spans 10.6-34.8 over 30 random draws (a walker gsa run; README)."""
     from benchmarks.diag_final_eval import final_eval
-    return cached_per_run(run_ids, cache, episodes, final_eval)
+    return cached_per_run(runs, ARCHIVE.with_name(f"{SWEEP}.final_eval.json"), episodes, final_eval)
 
 
 def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: int, a: argparse.Namespace) -> dict:
+    from harness.archive import ARCHIVE_TAG
     from harness.provenance import git_commit
     from harness.reporting import MlflowReporter
     from harness.sweep import find_runs
     client = MlflowReporter().client
     runs = [r for r in find_runs(client, SWEEP).values() if r.info.status == "FINISHED"]
     cells: dict[str, dict[str, dict]] = {t: {} for t in tasks}
+    here: dict[str, str] = {}     # a run's original id -> its id in this store
     curves: dict[str, dict[str, list]] = {t: {} for t in tasks}
     for r in runs:
         task, m, seed = r.data.tags.get("tasks"), r.data.tags.get("method"), int(r.data.tags.get("seed", -1))
@@ -212,7 +216,8 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
         c["seeds"].append(seed)
         c["final"].append(float(r.data.metrics[f"final/0-{task}"]))
         c["auc"].append(float(np.mean([v for _, v in curve])) if curve else None)
-        c["run_ids"].append(r.info.run_id)
+        c["run_ids"].append(r.data.tags.get(ARCHIVE_TAG, r.info.run_id))   # its first id, kept by an import
+        here[c["run_ids"][-1]] = r.info.run_id
         child = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")
         share = [ch.data.metrics["task_end/bc_share"] for ch in child if "task_end/bc_share" in ch.data.metrics]
         if share:
@@ -250,17 +255,16 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
             if share:   # the recorded runs' mean share where no later run has one
                 entry["methods"][m]["bc_share_mean"] = float(np.mean(share))
             if a.final_episodes:
-                mine = [r for r in c["run_ids"] if r not in rec]
-                again = final_policy_scores(mine, Path(a.workdir) / "final_eval.json", a.final_episodes)
+                again = final_policy_scores({r: here[r] for r in c["run_ids"] if r not in rec}, a.final_episodes)
                 fe = [rec[r] if r in rec else again[r]["tasks"][t]["score"] if "tasks" in again[r] else None
                       for r in c["run_ids"]]
                 ok = np.array([x for x in fe if x is not None])
                 entry["methods"][m] |= {"final_again": fe, "final_again_episodes": a.final_episodes,
                                         "final_again_mean": float(ok.mean()) if len(ok) else None,
                                         "final_again_ci": bootstrap_ci(ok)}
-        guided = [rid for m in ("gsa", "gsa-p-g") for rid in cells[t].get(m, {}).get("run_ids", [])
-                  if rid not in cells[t][m].get("recorded", {})]
-        priors = [v for v in bc_prior_scores(guided, Path(a.workdir) / "bc_prior.json", a.bc_episodes).values()
+        guided = {rid: here[rid] for m in ("gsa", "gsa-p-g") for rid in cells[t].get(m, {}).get("run_ids", [])
+                  if rid not in cells[t][m].get("recorded", {})}
+        priors = [v for v in bc_prior_scores(guided, a.bc_episodes).values()
                   if "prior" in v]
         if priors:   # what guidance hands the learner: π_bc acting alone, next to random on the same episodes
             p, r = np.array([v["prior"]["score"] for v in priors]), np.array([v["random"]["score"] for v in priors])

@@ -60,9 +60,14 @@ def _json_artifacts(client: Any, run_id: str, folder: str | None = None) -> dict
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Whole or not at all: a kill mid-write leaves the old record (or none), never half of one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HarnessError(f"cannot write the run record {path}: {exc.strerror or exc}") from exc
 
 
 def export_runs(client: Any, sweep: str, out_dir: str | os.PathLike[str],
@@ -71,7 +76,10 @@ def export_runs(client: Any, sweep: str, out_dir: str | os.PathLike[str],
     already holds the same run is left as it is. Returns the files written."""
     from harness.sweep import find_runs
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HarnessError(f"cannot write run records to {out}: {exc.strerror or exc}; give a writable folder") from exc
     written = []
     for key, run in sorted(find_runs(client, sweep).items()):
         if run.info.status != "FINISHED":

@@ -332,15 +332,15 @@ def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | No
         if Path(save_reference).is_dir():
             raise HarnessError(f"--save-reference {save_reference}: a folder; give a file name (e.g. my-stream.json)")
         check_writable_dir(Path(save_reference).absolute().parent, "--save-reference")
+    # a named reference is read (and refused when it is not one) before the runs are looked for
+    ref = references.load(reference) if reference not in (None, "auto") else None
     rep = reporter or MlflowReporter()
     groups, excluded, names = collect_runs(rep, stream, methods, seeds, sweep)
     signature = next(iter(groups.values()))[0].signature
     settings = dict(zip(SIGNATURE_KEYS, signature))
-    ref = None
     if reference == "auto":
         ref = references.find(stream, settings)
-    elif reference is not None:
-        ref = references.load(reference)
+    elif ref is not None:
         diff = references.mismatch(ref, stream, settings)
         if diff:
             raise HarnessError(f"reference {ref['path']} was made with other settings than these runs: "

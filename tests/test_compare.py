@@ -129,3 +129,9 @@ def test_reference_results_round_trip_and_refuse_other_settings(mlflow_uri, tmp_
     for bad in ("/proc/ref.json", str(tmp_path)):
         with pytest.raises(HarnessError, match="--save-reference"):
             compare("cmp", out_dir=tmp_path / "f", save_reference=bad)
+
+
+def test_a_bad_reference_is_named_before_the_runs_are_looked_for(mlflow_uri):
+    """`compare STREAM --reference X` with a wrong X says so, even where STREAM has no finished runs yet."""
+    with pytest.raises(HarnessError, match="no reference 'nope'"):
+        compare("quick", reference="nope")

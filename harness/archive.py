@@ -106,10 +106,11 @@ def _kept_id(path: Path) -> str | None:
 
 def _original_id(run: dict[str, Any]) -> str:
     """The id a run was first made under: its own, or the one its import recorded."""
-    return run["tags"].get(ARCHIVE_TAG) or run["run_id"]
+    return run.get("tags", {}).get(ARCHIVE_TAG) or run["run_id"]
 
 
 def read_record(path: Path) -> dict[str, Any]:
+    """A record written by :func:`export_runs`, checked whole (a HarnessError names what is wrong)."""
     try:
         rec = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -117,7 +118,48 @@ def read_record(path: Path) -> dict[str, Any]:
     if not isinstance(rec, dict) or rec.get("format") != FORMAT or not isinstance(rec.get("run"), dict):
         raise HarnessError(f"{path} is not a run record of format {FORMAT} (written by `runs export`); "
                            f"found keys {sorted(rec) if isinstance(rec, dict) else type(rec).__name__}")
+    if not isinstance(rec.get("experiment"), str) or not rec["experiment"]:
+        raise HarnessError(f"{path}: the record names no experiment")
+    _check_run(rec["run"], path, "run")
     return rec
+
+
+_ENDED = ("FINISHED", "FAILED", "KILLED")
+
+
+def _check_run(run: Any, path: Path, where: str) -> None:
+    """A record's run as ``run_record`` writes it, or a HarnessError naming the file and the part that is wrong."""
+    def bad(what: str) -> HarnessError:
+        return HarnessError(f"{path}: {where}: {what} (a record written by `runs export` has it)")
+    if not isinstance(run, dict):
+        raise bad("not a run")
+    rid = run.get("run_id")
+    if not isinstance(rid, str) or not rid or not all(ch.isalnum() or ch in "-_" for ch in rid):
+        raise bad(f"run_id {rid!r} is not a run id")
+    if run.get("status") not in _ENDED:
+        raise bad(f"status {run.get('status')!r} is not one of {', '.join(_ENDED)}")
+    if not isinstance(run.get("start_time"), int):
+        raise bad("no start_time (ms)")
+    for part in ("params", "tags", "artifacts"):
+        d = run.get(part, {})
+        if not isinstance(d, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in d.items()):
+            raise bad(f"{part} must map names to strings")
+    tag = run.get("tags", {}).get(ARCHIVE_TAG)
+    if tag is not None and not all(ch.isalnum() or ch in "-_" for ch in tag):
+        raise bad(f"tag {ARCHIVE_TAG}={tag!r} is not a run id")
+    metrics = run.get("metrics")
+    if not isinstance(metrics, dict):
+        raise bad("no metrics")
+    for key, hist in metrics.items():
+        if not isinstance(hist, list) or not all(isinstance(h, list) and len(h) == 3 and isinstance(h[0], int)
+                                                 and isinstance(h[1], int) and isinstance(h[2], (int, float))
+                                                 for h in hist):
+            raise bad(f"metric {key!r} is not a list of [step, timestamp, value]")
+    kids = run.get("children", [])
+    if not isinstance(kids, list):
+        raise bad("children must be a list of runs")
+    for i, kid in enumerate(kids):
+        _check_run(kid, path, f"{where}.children[{i}]")
 
 
 def _known(client: Any, exp_id: str, original: str) -> bool:
@@ -132,7 +174,7 @@ def _known(client: Any, exp_id: str, original: str) -> bool:
 
 
 def _create(client: Any, exp_id: str, run: dict[str, Any], parent: str | None) -> str:
-    tags = {k: v for k, v in run["tags"].items() if k != "mlflow.parentRunId"}
+    tags = {k: v for k, v in run.get("tags", {}).items() if k != "mlflow.parentRunId"}
     tags[ARCHIVE_TAG] = _original_id(run)
     if parent:
         tags["mlflow.parentRunId"] = parent
@@ -149,7 +191,7 @@ def _create(client: Any, exp_id: str, run: dict[str, Any], parent: str | None) -
 
 def _fill(client: Any, exp_id: str, rid: str, run: dict[str, Any]) -> None:
     from mlflow.entities import Metric, Param
-    params = [Param(k, str(v)) for k, v in run["params"].items()]
+    params = [Param(k, v) for k, v in run.get("params", {}).items()]
     for i in range(0, len(params), 100):
         client.log_batch(rid, params=params[i:i + 100])
     metrics = [Metric(k, v, ts, step) for k, hist in run["metrics"].items() for step, ts, v in hist]

@@ -3,6 +3,7 @@ is lost goes on from its records without rerunning a finished job, and compares 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,22 @@ def test_sweep_archive_keeps_each_finished_run_and_a_fresh_store_skips_it(tmp_pa
         assert out.exit_code == 0 and expect in out.output, out.output
     assert "1 SKIPPED" in out.output, out.output
     assert len(list((tmp_path / "records").glob("*.json"))) == 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: r.pop("experiment"), "names no experiment"),
+    (lambda r: r["run"].update(status="RUNNING"), "status 'RUNNING' is not one of FINISHED"),
+    (lambda r: r["run"].update(run_id="x' OR 1=1"), "is not a run id"),
+    (lambda r: r["run"]["metrics"].update(bad=[[0, 0]]), "metric 'bad' is not a list of [step, timestamp, value]"),
+    (lambda r: r["run"]["children"][0].update(params=[1]), "run.children[0]: params must map names to strings"),
+])
+def test_a_damaged_record_is_named_and_nothing_is_imported(finished_sweep, tmp_path, damage, message):
+    uri_a, _ = finished_sweep
+    files = export_runs(MlflowClient(uri_a), "arch", tmp_path / "records")
+    rec = json.loads(files[-1].read_text())
+    damage(rec)
+    files[-1].write_text(json.dumps(rec))
+    b = MlflowClient(f"sqlite:///{tmp_path / 'b.db'}")
+    with pytest.raises(HarnessError, match=re.escape(message)):
+        import_runs(b, [tmp_path / "records"])
+    assert find_runs(b, "arch") == {}

@@ -22,7 +22,10 @@ and run again: every stage is skipped or continued from what is on disk and in M
    the other tasks after them, in the same order. gsa's guidance schedule gets the paper's share of the task
    (``jobs.guidance_sets``), and retrieval keeps the paper's share of one task's (embodiment's) trajectories
    (``retrieve_k``: 25 on Meta-World, 125 on DMC with the defaults; the paper's 500 would be all of our
-   Meta-World data).
+   Meta-World data). Each run that finishes is written at once as a record (``harness/archive.py``) to
+   ``benchmarks/results/runs/gsa-evidence/``, committed; on a fresh machine (a new MLflow store) those records
+   are imported first and their jobs skipped. The runs of the first store, lost before records were kept, are
+   reported from ``gsa_evidence_recorded.json`` and not run again (``--rerun-recorded``: run them too).
 4. **The report** (``benchmarks/results/gsa_evidence.{md,json,png}``): per task and method the seeds' final
    scores and AUC (mean of the evaluation scores) with 95% bootstrap CIs, gsa - dreamer with the CI of the
    difference, the BC share of gsa's steps, π_bc's own score per task (each guided run's prior acting alone,
@@ -50,23 +53,6 @@ from benchmarks.jobs import check_grid, guidance_sets, icm_top_up, run_child, ru
 
 METHODS = "gsa,gsa-p,gsa-p-er,gsa-p-g,dreamer,random"
 SWEEP = "gsa-evidence"
-# The sweep's finished runs as committed records (harness/archive.py): imported into a fresh store, so a machine
-# lost with its store loses no finished run.
-ARCHIVE = OUT / "runs" / SWEEP
-# The first store was lost with its machine before runs were kept as records: its report (per-seed final, AUC
-# and final-again scores; 28 runs + 4 of push-v3) is reported beside the later runs, and those jobs are not run
-# again unless --rerun-recorded (their curves are gone: the plot has the later runs only).
-RECORDED = OUT / "gsa_evidence_recorded.json"
-
-
-def recorded_seeds(task: str, method: str) -> dict[int, dict]:
-    """{seed: {final, auc, final_again, run_id}} of ``RECORDED`` for one task and method."""
-    v = json.loads(RECORDED.read_text())["tasks"].get(task, {}).get("methods", {}).get(method) if RECORDED.is_file() else None
-    if not v:
-        return {}
-    again = v.get("final_again") or [None] * len(v["seeds"])
-    return {int(s): {"final": f, "auc": u, "final_again": g, "run_id": r}
-            for s, f, u, g, r in zip(v["seeds"], v["final"], v["auc"], again, v["run_ids"])}
 # walker-walk: the DMC task fed by the ICM explorer's data. window-close-v3: the Meta-World task where π_bc from the
 # noisy experts is good (100 in each of 4 diagnostic seeds, random 0; benchmarks/results/bc_prior_robustness.md,
 # measured before any GSA run on it). peg-unplug-side-v3 was chosen on 2 diagnostic seeds (60, 60); 6 seeds gave
@@ -84,6 +70,25 @@ PRIMARY_TASKS = ("walker-walk", "window-close-v3")
 # embodiment (10k over 5). 500 of our 500 Meta-World trajectories would be all of them (a push-v3 query gets 10%
 # push-v3), so k keeps the paper's share of one task's (embodiment's) data: 500 / 1,000 and 500 / 2,000.
 PAPER_K, PAPER_TRAJECTORIES = 500, {"metaworld": 1_000, "dmc": 2_000}
+
+
+# The sweep's finished runs as committed records (harness/archive.py): imported into a fresh store, so a machine
+# lost with its store loses no finished run.
+ARCHIVE = OUT / "runs" / SWEEP
+# The first store was lost with its machine before runs were kept as records: its report (per-seed final, AUC
+# and final-again scores; 28 runs + 4 of push-v3) is reported beside the later runs, and those jobs are not run
+# again unless --rerun-recorded (their curves are gone: the plot has the later runs only).
+RECORDED = OUT / "gsa_evidence_recorded.json"
+
+
+def recorded_seeds(task: str, method: str) -> dict[int, dict]:
+    """{seed: {final, auc, final_again, run_id}} of ``RECORDED`` for one task and method."""
+    v = json.loads(RECORDED.read_text())["tasks"].get(task, {}).get("methods", {}).get(method) if RECORDED.is_file() else None
+    if not v:
+        return {}
+    again = v.get("final_again") or [None] * len(v["seeds"])
+    return {int(s): {"final": f, "auc": u, "final_again": g, "run_id": r}
+            for s, f, u, g, r in zip(v["seeds"], v["final"], v["auc"], again, v["run_ids"])}
 
 
 def retrieve_k(suite: str, a: argparse.Namespace) -> int:
@@ -226,8 +231,8 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
     for t in tasks:   # the lost store's runs (RECORDED), where no later run of the same seed is there
         for m in methods:
             for seed, v in sorted(recorded_seeds(t, m).items()):
-                c = cells[t].setdefault(m, {"seeds": [], "final": [], "auc": [], "bc_share": [], "run_ids": []})
-                if seed in seeds and seed not in c["seeds"]:
+                if seed in seeds and seed not in cells[t].get(m, {}).get("seeds", []):
+                    c = cells[t].setdefault(m, {"seeds": [], "final": [], "auc": [], "bc_share": [], "run_ids": []})
                     c["seeds"].append(seed)
                     c["final"].append(v["final"])
                     c["auc"].append(v["auc"])

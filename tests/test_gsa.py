@@ -105,6 +105,17 @@ def test_gsa_stream_logs_retrieval_bc_and_guidance_to_mlflow(mlflow_uri, pretrai
         assert got["count"] == len(got["trajectories"]) == n and sum(got["by_policy"].values()) == n
     # The rehearsal rows did enter world-model batches after warm-up.
     assert children["1-reach-v3"].data.metrics["task_end/grad_updates"] > 0
+    # The generalist it started from, by its weights: the same digest for the same model saved elsewhere.
+    from methods.gsa.pretrain import WORLD_MODEL_FILE, weights_digest
+    digest = client.get_run(res.run_id).data.tags["pretrained.weights_sha256"]
+    moved = tmp_path / "moved" / "wm.pt"
+    moved.parent.mkdir()
+    torch.save(torch.load(Path(pretrained) / WORLD_MODEL_FILE, weights_only=True), moved)
+    assert len(digest) == 64 and weights_digest(moved) == digest
+    payload = torch.load(moved, weights_only=True)
+    next(iter(payload["world_model"].values())).view(-1)[0] += 1   # one weight changed: another model
+    torch.save(payload, moved)
+    assert weights_digest(moved) != digest
     # The diagnostic of benchmarks/diag_bc_prior.py: the checkpoint's π_bc (the last task's) acting alone.
     from benchmarks.diag_bc_prior import diagnose
     d = diagnose(str(res.run_dir), episodes=1)

@@ -126,6 +126,31 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[Any, dict[st
     return wm.to(device).eval(), payload
 
 
+def weights_digest(path: str | Path) -> str:
+    """sha256 over the pre-trained world model's weights (names, dtypes, shapes, values in name order): the same
+    for the same model whatever file it was saved in. Recorded on the runs that fine-tune it, so runs made on a
+    generalist trained again (another machine, a lost one) show whether it is the same model."""
+    import hashlib
+
+    import torch
+
+    from methods.backbone.checkpoint import load
+    p = Path(path)
+    file = p / WORLD_MODEL_FILE if p.is_dir() else p
+    if not file.is_file():
+        raise HarnessError(f"missing pre-trained world model {file}")
+    weights = load(file).get("world_model")
+    if not isinstance(weights, dict):
+        raise HarnessError(f"{file} is not a pre-trained world model written by `cli.py pretrain`")
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name]
+        assert isinstance(t, torch.Tensor), f"{file}: world_model[{name!r}] is a {type(t).__name__}, not a tensor"
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 # ============================================================================ open-loop predictions
 
 def openloop(wm: Any, batch: dict[str, np.ndarray], context: int) -> dict[str, np.ndarray]:

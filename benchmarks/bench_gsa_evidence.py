@@ -86,7 +86,8 @@ RECORDED = OUT / "gsa_evidence_recorded.json"
 # them and its job runs again; dreamer and random use no offline data and stay. DMC: the walker ICM data made
 # again on 2026-12-03 (one uninterrupted collection, seed 0) hold 350 episodes after the explorer's first 150k
 # env frames and an action spread of 0.717 (`bench_data_coverage.py`), the first ones 352 and 0.692
-# (results/data_coverage_walker_icm_final.json; that collection had been stopped and continued).
+# (results/data_coverage_walker_icm_final.json; that collection had been stopped and continued, which then
+# changed the data: a continued collection drew other episode starts. It no longer does, tests/test_offline.py).
 DATA_REBUILT = {"dmc"}
 
 

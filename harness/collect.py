@@ -359,29 +359,41 @@ def collect_setting(si: int, s: Setting, cfg: CollectConfig, existing: int, acti
     if (s.policy == "expert" or s.policy in LEARNING_POLICIES) and env_obs == "pixels":
         env_obs = "both"   # these policies read the state; only pixels are stored
     env_seed, pol_seed = _seeds(cfg, existing, si)
-    env = make_env(s.task, EnvConfig(obs_type=env_obs, render_quality=cfg.render_quality,
-                                     action_repeat=cfg.action_repeat, episode_frames=cfg.episode_frames,
-                                     action_pad_dim=action_pad, proprio_pad_dim=proprio_pad), seed=env_seed)
     resumable = state_dir is not None and s.policy == "icm"
     policy = make_policy(s, cfg, info.action_dim, action_pad, proprio_pad, np.random.default_rng(pol_seed),
                          explorer_dir=state_dir if resumable else None)
-    if resumable and policy.load() and echo is not None:
+    resumed = resumable and policy.load()
+    if resumed and echo is not None:
         echo(f"  {s.task} {s.label}: continuing the explorer saved in {state_dir} ({policy.steps:,} agent steps, "
              f"{policy.updates:,} updates of training so far)")
+    if resumed and policy.env_seed is not None:   # the env stream of its first collection, where it was left
+        env_seed = policy.env_seed
+    env = make_env(s.task, EnvConfig(obs_type=env_obs, render_quality=cfg.render_quality,
+                                     action_repeat=cfg.action_repeat, episode_frames=cfg.episode_frames,
+                                     action_pad_dim=action_pad, proprio_pad_dim=proprio_pad), seed=env_seed)
+    if resumable:
+        if resumed and policy.env_seed is not None:
+            for _ in range(policy.episodes):   # a reset draws the episode's start: these replay the env's stream
+                env.reset()
+        policy.env_seed = env_seed
     returns, successes = [], []
+    ended = None    # a resumable explorer's state at the end of its last complete episode
     try:
         for _ in range(cfg.episodes):
             ep, ret, success, frames = _run_episode(env, policy, action_pad, stored)
             committed = sink(ep, ret, success, frames, policy.provenance() if hasattr(policy, "provenance") else None)
-            if resumable and committed:
-                policy.save()
+            if resumable:
+                policy.episodes += 1
+                ended = policy.snapshot()
+                if committed:
+                    policy.save(ended)
             returns.append(ret)
             successes.append(success)
         if resumable:
-            policy.save()
-    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: the writer keeps the complete episodes; keep the learner too
-        if resumable:
-            policy.save()
+            policy.save(ended)
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: the writer keeps the complete episodes, and the explorer is
+        if ended is not None:   # kept as it was at the last one's end (not mid-episode): continuing is exact
+            policy.save(ended)
         raise
     finally:
         env.close()

@@ -416,6 +416,54 @@ def test_a_stopped_icm_collection_continues_the_same_explorer(tmp_path, monkeypa
     assert ds.summary()["episodes"] == 4
 
 
+def test_an_icm_collection_stopped_mid_episode_and_continued_is_the_uninterrupted_one(tmp_path, monkeypatch):
+    """The data do not depend on where a collection was stopped: stopped by SIGTERM in the middle of its third
+    episode (the explorer learning by then) and continued as the benchmarks continue one (``--seed`` the
+    episodes there), the four episodes equal those of one uninterrupted collection, state for state, action
+    for action, provenance included. The explorer is kept as it was at the last complete episode's end, and
+    the env goes on with the first collection's random stream."""
+    import torch
+
+    import harness.collect as hc
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    base = dict(tasks=("walker-stand",), policies=("icm",), episode_frames=60, render_quality="fast",
+                obs_type="proprio", explorer_preset="debug")
+    real, calls = hc._run_episode, []
+
+    def stopped_mid_third(env, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            step, n = env.step, [0]
+
+            def stopping(action):
+                n[0] += 1
+                if n[0] == 12:
+                    raise KeyboardInterrupt   # what SIGTERM becomes (harness.lifecycle.Terminated)
+                return step(action)
+            env.step = stopping
+        return real(env, *a, **k)
+    try:
+        hc.collect(tmp_path / "whole", CollectConfig(episodes=4, **base), echo=lambda *_: None, log_mlflow=False)
+        monkeypatch.setattr(hc, "_run_episode", stopped_mid_third)
+        with pytest.raises(KeyboardInterrupt):
+            hc.collect(tmp_path / "cut", CollectConfig(episodes=4, **base), echo=lambda *_: None, log_mlflow=False)
+        monkeypatch.setattr(hc, "_run_episode", real)
+        assert len(open_dataset(tmp_path / "cut").episodes) == 2
+        hc.collect(tmp_path / "cut", CollectConfig(episodes=2, append=True, seed=2, **base), echo=lambda *_: None,
+                   log_mlflow=False)
+    finally:
+        torch.set_num_threads(threads)
+    whole, cut = open_dataset(tmp_path / "whole"), open_dataset(tmp_path / "cut")
+    assert len(whole.episodes) == len(cut.episodes) == 4
+    assert whole.episodes[-1].provenance["grad_updates"][1] > 0, "the explorer must be learning by the end"
+    for i in range(4):
+        a, b = whole.episode(i), cut.episode(i)
+        assert np.array_equal(a["proprio"], b["proprio"]) and np.array_equal(a["action"], b["action"]), i
+        assert whole.episodes[i].provenance == cut.episodes[i].provenance, i
+
+
 def test_icm_reward_is_urlbs_and_its_models_learn():
     """r = log(1 + scale * ||s' - f(s, a)||); training on a fixed batch lowers the forward and inverse errors."""
     import torch

@@ -108,6 +108,8 @@ class ICMExplorer:
         self.icm_opt = Optimizer(self.icm.parameters(), cfg.icm_lr, 1e-8, 0.0, float("inf"), name="icm/loss")  # Adam
         self.steps = 0
         self.updates = 0
+        self.episodes = 0                # episodes collected to their end (the collection counts them)
+        self.env_seed: int | None = None  # the seed of the env its first collection made: a later one continues it
         self.metrics: dict[str, float] = {}
         self._episode_rewards: list[float] = []
         self._episode_start = (0, 0)
@@ -161,14 +163,23 @@ class ICMExplorer:
                         "critic_q": out["critic/q"]}
 
     # ------------------------------------------------------------------ continuing in a later process
-    def save(self) -> None:
-        """Write the explorer's whole learning state (weights, optimizers, the replay by episode count, counters,
-        random generators) to ``workdir/explorer.pt``, atomically."""
+    def snapshot(self) -> dict[str, Any]:
+        """The explorer's whole learning state now (weights, optimizers, the replay by episode count, counters,
+        random generators), copied: taken at an episode's end, it is what :meth:`save` writes when the collection
+        is stopped later, so that a continued collection goes on from that episode's end, as one never stopped."""
+        import copy
+
         from harness import checkpoint
-        checkpoint.save(self.workdir / self.STATE_FILE, {
+        return copy.deepcopy({
             "kind": "icm-explorer", "config": checkpoint.to_plain(asdict(self.cfg)), "dims": list(self.dims),
             "agent": self.agent.state_dict(), "icm": self.icm.state_dict(), "icm_opt": self.icm_opt.state_dict(),
-            "steps": self.steps, "updates": self.updates, "torch_rng": torch.get_rng_state()})
+            "steps": self.steps, "updates": self.updates, "episodes": self.episodes, "env_seed": self.env_seed,
+            "torch_rng": torch.get_rng_state()})
+
+    def save(self, snapshot: dict[str, Any] | None = None) -> None:
+        """Write ``snapshot`` (default: the state now) to ``workdir/explorer.pt``, atomically."""
+        from harness import checkpoint
+        checkpoint.save(self.workdir / self.STATE_FILE, snapshot if snapshot is not None else self.snapshot())
 
     def load(self) -> bool:
         """Continue from ``workdir/explorer.pt`` if it is there (False if not). A state made with another
@@ -187,6 +198,8 @@ class ICMExplorer:
         self.icm.load_state_dict(state["icm"])
         self.icm_opt.load_state_dict(state["icm_opt"])
         self.steps, self.updates = int(state["steps"]), int(state["updates"])
+        self.episodes = int(state.get("episodes", 0))        # absent in states saved before 2026-12-03
+        self.env_seed = None if state.get("env_seed") is None else int(state["env_seed"])
         torch.set_rng_state(state["torch_rng"])
         return True
 

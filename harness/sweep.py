@@ -69,8 +69,8 @@ class SweepSpec:
     name: str | None = None                   # the sweep id (default: a hash of all of the above)
 
     def sweep_id(self) -> str:
-        if self.name:
-            return self.name
+        if self.name is not None:
+            return check_sweep_id(self.name)
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
         return "sweep-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -187,8 +187,16 @@ def load_sweep_file(path: str | os.PathLike[str]) -> tuple[SweepSpec, dict[str, 
 
 # ----------------------------------------------------------------------------- where each job stands
 
+def check_sweep_id(sweep: str) -> str:
+    """A sweep id is letters, digits and ``. _ -`` (it goes into MLflow's search filters); a HarnessError else."""
+    if not sweep or not all(ch.isascii() and (ch.isalnum() or ch in "._-") for ch in sweep):
+        raise HarnessError(f"sweep id {sweep!r}: use letters, digits, '.', '_' and '-' only")
+    return sweep
+
+
 def find_runs(client: Any, sweep: str) -> dict[str, Any]:
     """The newest parent run of each job key in ``sweep``, over every experiment of the store."""
+    check_sweep_id(sweep)
     exps = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(exps, filter_string=f"tags.{SWEEP_TAG} = '{sweep}'", max_results=50_000,
                               order_by=["attributes.start_time DESC"]) if exps else []

@@ -140,6 +140,8 @@ def _free_port() -> int:
     (["quick", "--methods", "random,nosuch"], "nosuch"),
     (["quick", "--methods", "random", "--set", "batch_size=-1", "--preset", "debug"], "batch_size"),
     (["quick", "--methods", "random", "--seeds", "a,b"], "--seeds expects comma-separated integers"),
+    (["quick", "--methods", "random", "--name", "it's"], "sweep id \"it's\": use letters, digits"),
+    (["status", "it's"], "sweep id \"it's\": use letters, digits"),
 ])
 def test_bad_input_is_refused_before_anything_exists(mlflow_uri, tmp_path, args, message):
     out = CliRunner().invoke(cli.main, ["sweep", *args])

@@ -36,6 +36,7 @@ and run again: every stage is skipped or continued from what is on disk and in M
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -94,6 +95,7 @@ RECORDED = OUT / "gsa_evidence_recorded.json"
 DATA_REBUILT = {"dmc", "metaworld"}
 
 
+@functools.cache
 def recorded_tasks() -> dict:
     """``RECORDED``'s report per task (empty without it)."""
     return json.loads(RECORDED.read_text())["tasks"] if RECORDED.is_file() else {}

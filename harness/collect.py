@@ -366,15 +366,15 @@ def collect_setting(si: int, s: Setting, cfg: CollectConfig, existing: int, acti
     if resumed and echo is not None:
         echo(f"  {s.task} {s.label}: continuing the explorer saved in {state_dir} ({policy.steps:,} agent steps, "
              f"{policy.updates:,} updates of training so far)")
-    if resumed and policy.env_seed is not None:   # the env stream of its first collection, where it was left
+    continued = resumed and policy.env_seed is not None   # the env stream of its first collection, where it was left
+    if continued:
         env_seed = policy.env_seed
     env = make_env(s.task, EnvConfig(obs_type=env_obs, render_quality=cfg.render_quality,
                                      action_repeat=cfg.action_repeat, episode_frames=cfg.episode_frames,
                                      action_pad_dim=action_pad, proprio_pad_dim=proprio_pad), seed=env_seed)
+    for _ in range(policy.episodes if continued else 0):   # a reset draws an episode's start: replay the stream
+        env.reset()
     if resumable:
-        if resumed and policy.env_seed is not None:
-            for _ in range(policy.episodes):   # a reset draws the episode's start: these replay the env's stream
-                env.reset()
         policy.env_seed = env_seed
     returns, successes = [], []
     ended = None    # a resumable explorer's state at the end of its last complete episode

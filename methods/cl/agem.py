@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from methods.base import MAX_BATCH, MAX_COUNT, MethodContext, MethodSpec, Step, TaskContext, ranged
+from methods.base import MAX_BATCH, MAX_COUNT, MethodContext, MethodSpec, TaskContext, ranged
 from methods.cl.heads import HEADS, HeadMap
-from methods.cl.learners import TaskDrQV2
+from methods.cl.learners import TaskDrQV2, Wrapper
 from methods.cl.memory import TransitionMemory, task_transitions, valid_starts
 from methods.drqv2 import PRESETS as DRQ_PRESETS
 from methods.drqv2 import DrQV2Config
@@ -66,7 +66,7 @@ def project(grads: list[torch.Tensor], refs: list[torch.Tensor]) -> tuple[list[t
     return [g - scale * r for g, r in zip(grads, refs)], dot_f
 
 
-class AGEM:
+class AGEM(Wrapper):
     def __init__(self, cfg: AGEMConfig, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx
         self.base = TaskDrQV2(cfg.base_config, ctx, HeadMap(cfg.heads, ctx.task_names))
@@ -111,19 +111,6 @@ class AGEM:
         return {f"agem/{which}_violation": float(dot < 0)}
 
     # ------------------------------------------------------------------ the Method interface
-    def on_task_start(self, task: TaskContext) -> None:
-        self.base.on_task_start(task)
-
-    def act(self, obs: dict[str, np.ndarray], state: Any, task: TaskContext,
-            explore: bool) -> tuple[np.ndarray, Any]:
-        return self.base.act(obs, state, task, explore)
-
-    def observe(self, step: Step) -> None:
-        self.base.observe(step)
-
-    def update(self, env_frames: int) -> dict[str, float]:
-        return self.base.update(env_frames)
-
     def on_task_end(self, task: TaskContext) -> dict[str, float]:
         out = dict(self.base.on_task_end(task))
         starts = valid_starts(self.base)

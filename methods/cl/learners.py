@@ -11,6 +11,9 @@
 
 ``TaskDreamer`` is Dreamer with per-task actor and critic heads.
 
+``Wrapper`` passes the Method interface through to ``self.base``: a continual-learning method composes a base
+learner and overrides only the calls it changes.
+
 With ``heads="shared"`` and no hooks both are exactly their base learner (same initialisation, same
 random numbers, same updates).
 """
@@ -22,10 +25,28 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from methods.base import MethodContext, TaskContext
+from methods.base import MethodContext, Step, TaskContext
 from methods.cl.heads import HeadMap, install_dreamer, install_drqv2, selected
 from methods.dreamer import Dreamer, DreamerConfig
 from methods.drqv2 import DrQV2, DrQV2Config
+
+
+class Wrapper:
+    """The Method calls a continual-learning method does not change, passed through to its base learner."""
+    base: Any
+
+    def on_task_start(self, task: TaskContext) -> None:
+        self.base.on_task_start(task)
+
+    def act(self, obs: dict[str, np.ndarray], state: Any, task: TaskContext,
+            explore: bool) -> tuple[np.ndarray, Any]:
+        return self.base.act(obs, state, task, explore)
+
+    def observe(self, step: Step) -> None:
+        self.base.observe(step)
+
+    def update(self, env_frames: int) -> dict[str, float]:
+        return self.base.update(env_frames)
 
 
 class TaskDrQV2(DrQV2):

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from harness.replay import EpisodeReplay
-from methods.base import MethodContext, MethodSpec, Step, TaskContext, ranged
+from methods.base import MethodContext, MethodSpec, TaskContext, ranged
 from methods.cl.heads import HEADS, HeadMap
-from methods.cl.learners import TaskDrQV2
+from methods.cl.learners import TaskDrQV2, Wrapper
 from methods.drqv2 import PRESETS as DRQ_PRESETS
 from methods.drqv2 import DrQV2Config
 
@@ -48,7 +48,7 @@ class MultiTaskConfig:
 PRESETS: dict[str, dict[str, Any]] = {name: {"base_config": DrQV2Config(**over)} for name, over in DRQ_PRESETS.items()}
 
 
-class MultiTask:
+class MultiTask(Wrapper):
     def __init__(self, cfg: MultiTaskConfig, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx
         self.base = TaskDrQV2(cfg.base_config, ctx, HeadMap(cfg.heads, ctx.task_names))
@@ -85,16 +85,6 @@ class MultiTask:
         b.on_task_start(task)             # a new replay for this chunk, the task's head and mask
         b.task_agent_steps = self.steps_by_task.get(task.name, 0)
         self.task_name = task.name
-
-    def act(self, obs: dict[str, np.ndarray], state: Any, task: TaskContext,
-            explore: bool) -> tuple[np.ndarray, Any]:
-        return self.base.act(obs, state, task, explore)
-
-    def observe(self, step: Step) -> None:
-        self.base.observe(step)
-
-    def update(self, env_frames: int) -> dict[str, float]:
-        return self.base.update(env_frames)
 
     def on_task_end(self, task: TaskContext) -> dict[str, float]:
         steps = sum(len(r) for r, _, _ in self.past) + len(self.base.replay)

@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.base import MAX_COUNT, MethodContext, MethodSpec, Step, TaskContext, ranged
+from methods.base import MAX_COUNT, MethodContext, MethodSpec, TaskContext, ranged
 from methods.cl.heads import HEADS, HeadMap, head_parameter_names
-from methods.cl.learners import TaskDreamer, TaskDrQV2, own_random_numbers
+from methods.cl.learners import TaskDreamer, TaskDrQV2, Wrapper, own_random_numbers
 from methods.cl.memory import valid_starts
 from methods.dreamer import PRESETS as DREAMER_PRESETS
 from methods.dreamer import DreamerConfig
@@ -237,7 +237,7 @@ class PenalizedOptimizer:
         return getattr(self.inner, name)
 
 
-class Regularized:
+class Regularized(Wrapper):
     """L2 / EWC / MAS (``kind``) around DrQ-v2 or Dreamer."""
 
     def __init__(self, cfg: RegularizerConfig, ctx: MethodContext, kind: str):
@@ -309,16 +309,6 @@ class Regularized:
             return per_state_importance(self.kind, self.policy, list(params), states, dims)
 
     # ------------------------------------------------------------------ the Method interface
-    def on_task_start(self, task: TaskContext) -> None:
-        self.base.on_task_start(task)
-
-    def act(self, obs: dict[str, np.ndarray], state: Any, task: TaskContext,
-            explore: bool) -> tuple[np.ndarray, Any]:
-        return self.base.act(obs, state, task, explore)
-
-    def observe(self, step: Step) -> None:
-        self.base.observe(step)
-
     def update(self, env_frames: int) -> dict[str, float]:
         out = self.base.update(env_frames)
         if out:

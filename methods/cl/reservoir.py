@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from methods.base import MAX_COUNT, MethodContext, MethodSpec, Step, TaskContext, ranged
+from methods.base import MAX_COUNT, MethodContext, MethodSpec, TaskContext, ranged
 from methods.cl.heads import HEADS, HeadMap
-from methods.cl.learners import TaskDrQV2
+from methods.cl.learners import TaskDrQV2, Wrapper
 from methods.cl.memory import CHUNK, TransitionMemory, task_transitions, valid_starts
 from methods.drqv2 import PRESETS as DRQ_PRESETS
 from methods.drqv2 import DrQV2Config
@@ -57,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {name: {"base_config": DrQV2Config(**over)}
 PRESETS["debug"] |= {"capacity": 300}     # smaller than one debug task: the bound is exercised
 
 
-class Replay:
+class Replay(Wrapper):
     def __init__(self, cfg: ReplayConfig, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx
         base_cfg = dataclasses.replace(cfg.base_config, batch_size=cfg.base_config.batch_size * cfg.batch_multiplier)
@@ -87,16 +87,6 @@ class Replay:
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     # ------------------------------------------------------------------ the Method interface
-    def on_task_start(self, task: TaskContext) -> None:
-        self.base.on_task_start(task)
-
-    def act(self, obs: dict[str, np.ndarray], state: Any, task: TaskContext,
-            explore: bool) -> tuple[np.ndarray, Any]:
-        return self.base.act(obs, state, task, explore)
-
-    def observe(self, step: Step) -> None:
-        self.base.observe(step)
-
     def update(self, env_frames: int) -> dict[str, float]:
         out = self.base.update(env_frames)
         if out:

@@ -172,6 +172,44 @@ def prepare(work: Path, tasks: list[str], a: argparse.Namespace) -> dict[str, Pa
     return out
 
 
+DIGEST_TAG = "pretrained.weights_sha256"
+
+
+def recorded_digests(tasks: list[str]) -> dict[str, set[str]]:
+    """Per task, the digests of the generalists that its recorded GSA-family runs (``ARCHIVE``) fine-tuned."""
+    out: dict[str, set[str]] = {}
+    for f in sorted(ARCHIVE.glob("*.json")) if ARCHIVE.is_dir() else []:
+        tags = json.loads(f.read_text()).get("run", {}).get("tags", {})
+        if tags.get("tasks") in tasks and str(tags.get("method", "")).startswith("gsa") and DIGEST_TAG in tags:
+            out.setdefault(tags["tasks"], set()).add(tags[DIGEST_TAG])
+    return out
+
+
+def check_generalists(pres: dict[str, Path], tasks: list[str], allow_new: bool) -> dict[str, str]:
+    """The digest of each benchmark's generalist on disk, checked against the one the task's recorded GSA-family
+    runs fine-tuned: a generalist trained again that is not the same model (other data, another pre-training)
+    would put runs of two models in one cell of the report. Refused unless ``allow_new``."""
+    from harness.errors import HarnessError
+    from methods.gsa.pretrain import weights_digest
+    from tasks.catalog import TASKS
+    have = {suite: weights_digest(pre) for suite, pre in pres.items()}
+    for t, digests in recorded_digests(tasks).items():
+        now = have.get(TASKS.get(t).suite)
+        if now is None or digests == {now}:
+            continue
+        msg = (f"the generalist in {pres[TASKS.get(t).suite]} (weights sha256 {now[:12]}) is not the one the recorded "
+               f"GSA-family runs of {t} fine-tuned ({', '.join(sorted(d[:12] for d in digests))}, in {ARCHIVE}): "
+               "its offline data or pre-training differ, and new runs would be reported beside runs of another model")
+        if not allow_new:
+            raise HarnessError(msg + ". Build the data and model again with this script's own commands in an empty "
+                               "--workdir (they repeat exactly), or pass --new-generalist to run anyway (the report "
+                               "then lists each task's digests)")
+        print(f"warning: {msg} (--new-generalist)", flush=True)
+    for suite, d in have.items():
+        print(f"generalist {suite}: weights sha256 {d[:12]}", flush=True)
+    return have
+
+
 def bootstrap_ci(x: np.ndarray, reps: int = 10_000, seed: int = 0) -> tuple[float | None, float | None]:
     """95% bootstrap CI of the mean; (None, None) below 2 seeds (null in the JSON, which has no NaN)."""
     x = np.asarray(x, float)
@@ -235,6 +273,7 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
     cells: dict[str, dict[str, dict]] = {t: {} for t in tasks}
     here: dict[str, str] = {}     # a run's original id -> its id in this store
     curves: dict[str, dict[str, list]] = {t: {} for t in tasks}
+    digests: dict[str, dict[str, list[str]]] = {}   # per task, each generalist's digest -> the runs that fine-tuned it
     for r in runs:
         task, m, seed = r.data.tags.get("tasks"), r.data.tags.get("method"), int(r.data.tags.get("seed", -1))
         if task not in cells or m not in methods or seed not in seeds or r.data.params.get("stream.tasks", "").count(
@@ -247,6 +286,8 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
         c["final"].append(float(r.data.metrics[f"final/0-{task}"]))
         c["auc"].append(float(np.mean([v for _, v in curve])) if curve else None)
         c["run_ids"].append(r.data.tags.get(ARCHIVE_TAG, r.info.run_id))   # its first id, kept by an import
+        if DIGEST_TAG in r.data.tags:
+            digests.setdefault(task, {}).setdefault(r.data.tags[DIGEST_TAG], []).append(f"{m} seed {seed}")
         here[c["run_ids"][-1]] = r.info.run_id
         child = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")
         share = [ch.data.metrics["task_end/bc_share"] for ch in child if "task_end/bc_share" in ch.data.metrics]
@@ -272,6 +313,8 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
            "seeds_planned": seeds, "methods": methods, "final_again_episodes": a.final_episodes, "tasks": {}}
     for t in tasks:
         entry: dict = {"methods": {}}
+        if digests.get(t):   # one generalist per task unless the sweep was run with --new-generalist
+            entry["generalist_sha256"] = {d: sorted(v) for d, v in sorted(digests[t].items())}
         for m, c in sorted(cells[t].items()):
             f, u = np.array(c["final"]), np.array([x for x in c["auc"] if x is not None])
             entry["methods"][m] = {"seeds": c["seeds"], "final": c["final"], "final_mean": float(f.mean()),
@@ -389,6 +432,13 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
         else:
             said.append("Fig. 6: not every ablation run yet")
         lines.append(f"- {t}: {'; '.join(said)}")
+    for t in tasks:
+        g = out["tasks"][t].get("generalist_sha256", {})
+        if len(g) > 1:
+            lines.append(f"- {t}: **its GSA-family runs fine-tuned {len(g)} different generalists** (weights sha256: "
+                         + "; ".join(f"{d[:12]}: {', '.join(v)}" for d, v in g.items()) + ")")
+        elif g:
+            lines.append(f"- {t}: every GSA-family run fine-tuned one generalist (weights sha256 {next(iter(g))[:12]})")
     rec = sum(len(v.get("recorded_run_ids", [])) for e in out["tasks"].values() for v in e["methods"].values())
     other = {t: n for t in tasks if (n := sum(len(v["seeds"]) for m, v in recorded_tasks().get(t, {}).get(
         "methods", {}).items() if m.startswith("gsa") and TASKS.get(t).suite in DATA_REBUILT))}
@@ -442,6 +492,9 @@ def main() -> None:
     ap.add_argument("--rerun-recorded", action="store_true",
                     help=f"also run the jobs whose runs are recorded from the lost store ({RECORDED.name}); by "
                          "default they are reported as recorded and not run again")
+    ap.add_argument("--new-generalist", action="store_true",
+                    help="run even when a benchmark's pre-trained model is not the one its recorded GSA-family runs "
+                         "fine-tuned (refused by default: the report would mix two models)")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("--save-references", action="store_true",
@@ -459,6 +512,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if not a.summary_only:
         pres = prepare(work, tasks, a)
+        check_generalists(pres, tasks, a.new_generalist)
         if a.prepare_only:
             return
         from tasks.catalog import TASKS

@@ -164,3 +164,32 @@ def test_a_damaged_record_is_named_and_nothing_is_imported(finished_sweep, tmp_p
     with pytest.raises(HarnessError, match=re.escape(message)):
         import_runs(b, [tmp_path / "records"])
     assert find_runs(b, "arch") == {}
+
+
+def test_the_evidence_benchmark_refuses_a_generalist_its_recorded_runs_did_not_fine_tune(tmp_path, monkeypatch):
+    """A generalist trained again on a new machine must be the model the committed GSA-family records used, or
+    new runs would sit in one cell of the report beside runs of another model: refused, unless asked for."""
+    import torch
+
+    from benchmarks import bench_gsa_evidence as ev
+    from methods.backbone.checkpoint import save
+    from methods.gsa.pretrain import weights_digest
+    pre = tmp_path / "pretrained-metaworld"
+    save(pre / "world_model.pt", {"world_model": {"w": torch.arange(4.0)}})
+    ours = weights_digest(pre)
+    monkeypatch.setattr(ev, "ARCHIVE", tmp_path / "records")
+    (tmp_path / "records").mkdir()
+
+    def record(name: str, method: str, digest: str) -> None:
+        (tmp_path / "records" / f"{name}.json").write_text(json.dumps({"run": {"tags": {
+            "tasks": "window-close-v3", "method": method, "pretrained.weights_sha256": digest}}}))
+
+    record("a", "gsa", ours)
+    record("b", "dreamer", "not-a-generalist")                         # no offline data: not checked
+    assert ev.check_generalists({"metaworld": pre}, ["window-close-v3"], allow_new=False) == {"metaworld": ours}
+    record("c", "gsa-p", "0" * 64)
+    with pytest.raises(HarnessError, match=r"is not the one the recorded GSA-family runs of window-close-v3 "
+                                           r"fine-tuned \(000000000000.*--new-generalist"):
+        ev.check_generalists({"metaworld": pre}, ["window-close-v3"], allow_new=False)
+    assert ev.check_generalists({"metaworld": pre}, ["window-close-v3"], allow_new=True) == {"metaworld": ours}
+    assert ev.check_generalists({"metaworld": pre}, ["walker-walk"], allow_new=False) == {"metaworld": ours}

@@ -172,16 +172,14 @@ def prepare(work: Path, tasks: list[str], a: argparse.Namespace) -> dict[str, Pa
     return out
 
 
-DIGEST_TAG = "pretrained.weights_sha256"
-
-
 def recorded_digests(tasks: list[str]) -> dict[str, set[str]]:
     """Per task, the digests of the generalists that its recorded GSA-family runs (``ARCHIVE``) fine-tuned."""
+    from methods.gsa.pretrain import WEIGHTS_DIGEST_TAG
     out: dict[str, set[str]] = {}
     for f in sorted(ARCHIVE.glob("*.json")) if ARCHIVE.is_dir() else []:
         tags = json.loads(f.read_text()).get("run", {}).get("tags", {})
-        if tags.get("tasks") in tasks and str(tags.get("method", "")).startswith("gsa") and DIGEST_TAG in tags:
-            out.setdefault(tags["tasks"], set()).add(tags[DIGEST_TAG])
+        if tags.get("tasks") in tasks and str(tags.get("method", "")).startswith("gsa") and WEIGHTS_DIGEST_TAG in tags:
+            out.setdefault(tags["tasks"], set()).add(tags[WEIGHTS_DIGEST_TAG])
     return out
 
 
@@ -267,6 +265,7 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
     from harness.provenance import git_commit
     from harness.reporting import MlflowReporter
     from harness.sweep import find_runs
+    from methods.gsa.pretrain import WEIGHTS_DIGEST_TAG
     from tasks.catalog import TASKS
     client = MlflowReporter().client
     runs = [r for r in find_runs(client, SWEEP).values() if r.info.status == "FINISHED"]
@@ -286,8 +285,8 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
         c["final"].append(float(r.data.metrics[f"final/0-{task}"]))
         c["auc"].append(float(np.mean([v for _, v in curve])) if curve else None)
         c["run_ids"].append(r.data.tags.get(ARCHIVE_TAG, r.info.run_id))   # its first id, kept by an import
-        if DIGEST_TAG in r.data.tags:
-            digests.setdefault(task, {}).setdefault(r.data.tags[DIGEST_TAG], []).append(f"{m} seed {seed}")
+        if WEIGHTS_DIGEST_TAG in r.data.tags:
+            digests.setdefault(task, {}).setdefault(r.data.tags[WEIGHTS_DIGEST_TAG], []).append(f"{m} seed {seed}")
         here[c["run_ids"][-1]] = r.info.run_id
         child = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")
         share = [ch.data.metrics["task_end/bc_share"] for ch in child if "task_end/bc_share" in ch.data.metrics]

@@ -377,8 +377,8 @@ def _start(cfg: RunConfig, spec: MethodSpec, method_cfg: Any, rep: MlflowReporte
             "torch_threads": str(cfg.torch_threads or auto_threads())} | dict(cfg.tags)
     tags |= {f"version.{k}": v for k, v in versions().items()}
     if getattr(method_cfg, "pretrained", ""):   # which generalist: the same weights give the same digest anywhere
-        from methods.gsa.pretrain import weights_digest
-        tags["pretrained.weights_sha256"] = weights_digest(method_cfg.pretrained)
+        from methods.gsa.pretrain import WEIGHTS_DIGEST_TAG, weights_digest
+        tags[WEIGHTS_DIGEST_TAG] = weights_digest(method_cfg.pretrained)
     if len(names) == 1:
         tags["single_task"] = names[0]
         tags["learning_problem"] = learning_problem(cfg, method_cfg, 0)

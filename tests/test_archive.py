@@ -173,7 +173,7 @@ def test_the_evidence_benchmark_refuses_a_generalist_its_recorded_runs_did_not_f
 
     from benchmarks import bench_gsa_evidence as ev
     from methods.backbone.checkpoint import save
-    from methods.gsa.pretrain import weights_digest
+    from methods.gsa.pretrain import WEIGHTS_DIGEST_TAG, weights_digest
     pre = tmp_path / "pretrained-metaworld"
     save(pre / "world_model.pt", {"world_model": {"w": torch.arange(4.0)}})
     ours = weights_digest(pre)
@@ -182,7 +182,7 @@ def test_the_evidence_benchmark_refuses_a_generalist_its_recorded_runs_did_not_f
 
     def record(name: str, method: str, digest: str) -> None:
         (tmp_path / "records" / f"{name}.json").write_text(json.dumps({"run": {"tags": {
-            "tasks": "window-close-v3", "method": method, "pretrained.weights_sha256": digest}}}))
+            "tasks": "window-close-v3", "method": method, WEIGHTS_DIGEST_TAG: digest}}}))
 
     record("a", "gsa", ours)
     record("b", "dreamer", "not-a-generalist")                         # no offline data: not checked

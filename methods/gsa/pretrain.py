@@ -126,6 +126,9 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[Any, dict[st
     return wm.to(device).eval(), payload
 
 
+WEIGHTS_DIGEST_TAG = "pretrained.weights_sha256"   # the run tag that carries weights_digest of its generalist
+
+
 def weights_digest(path: str | Path) -> str:
     """sha256 over the pre-trained world model's weights (names, dtypes, shapes, values in name order): the same
     for the same model whatever file it was saved in. Recorded on the runs that fine-tune it, so runs made on a

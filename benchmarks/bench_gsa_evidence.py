@@ -172,40 +172,54 @@ def prepare(work: Path, tasks: list[str], a: argparse.Namespace) -> dict[str, Pa
     return out
 
 
-def recorded_digests(tasks: list[str]) -> dict[str, set[str]]:
-    """Per task, the digests of the generalists that its recorded GSA-family runs (``ARCHIVE``) fine-tuned."""
-    from methods.gsa.pretrain import WEIGHTS_DIGEST_TAG
-    out: dict[str, set[str]] = {}
+def recorded_digests(tasks: list[str]) -> dict[str, dict[str, dict[str, set[str]]]]:
+    """Per task, the weights digests of the generalists that its recorded GSA-family runs (``ARCHIVE``)
+    fine-tuned, each with what those runs recorded of its data digest and of their machine's CPU (runs made
+    before these tags have none)."""
+    from methods.gsa.pretrain import DATA_DIGEST_TAG, WEIGHTS_DIGEST_TAG
+    out: dict[str, dict[str, dict[str, set[str]]]] = {}
     for f in sorted(ARCHIVE.glob("*.json")) if ARCHIVE.is_dir() else []:
         tags = json.loads(f.read_text()).get("run", {}).get("tags", {})
         if tags.get("tasks") in tasks and str(tags.get("method", "")).startswith("gsa") and WEIGHTS_DIGEST_TAG in tags:
-            out.setdefault(tags["tasks"], set()).add(tags[WEIGHTS_DIGEST_TAG])
+            seen = out.setdefault(tags["tasks"], {}).setdefault(tags[WEIGHTS_DIGEST_TAG], {"data": set(), "cpu": set()})
+            if DATA_DIGEST_TAG in tags:
+                seen["data"].add(tags[DATA_DIGEST_TAG])
+            if "host.cpu_flags" in tags:
+                seen["cpu"].add(f"{tags.get('host.cpu', '?')} ({tags['host.cpu_flags']})")
     return out
 
 
 def check_generalists(pres: dict[str, Path], tasks: list[str], allow_new: bool) -> dict[str, str]:
-    """The digest of each benchmark's generalist on disk, checked against the one the task's recorded GSA-family
-    runs fine-tuned: a generalist trained again that is not the same model (other data, another pre-training)
-    would put runs of two models in one cell of the report. Refused unless ``allow_new``."""
+    """The digest of each benchmark's generalist on disk, checked against those the task's recorded GSA-family
+    runs fine-tuned: a generalist trained again that is none of them (other data, another pre-training, another
+    CPU's float rounding) would put runs of another model in the report's cells. Refused unless ``allow_new``;
+    the message says whether the data differ (when the records carry a data digest) and on which CPUs."""
     from harness.errors import HarnessError
-    from methods.gsa.pretrain import weights_digest
+    from harness.provenance import host
+    from methods.gsa.pretrain import DATA_DIGEST_TAG, WEIGHTS_DIGEST_TAG, generalist_tags
     from tasks.catalog import TASKS
-    have = {suite: weights_digest(pre) for suite, pre in pres.items()}
-    for t, digests in recorded_digests(tasks).items():
+    have = {suite: generalist_tags(pre) for suite, pre in pres.items()}
+    here = host()
+    for t, recorded in recorded_digests(tasks).items():
         now = have.get(TASKS.get(t).suite)
-        if now is None or digests == {now}:
+        if now is None or now[WEIGHTS_DIGEST_TAG] in recorded:
             continue
-        msg = (f"the generalist in {pres[TASKS.get(t).suite]} (weights sha256 {now[:12]}) is not the one the recorded "
-               f"GSA-family runs of {t} fine-tuned ({', '.join(sorted(d[:12] for d in digests))}, in {ARCHIVE}): "
-               "its offline data or pre-training differ, and new runs would be reported beside runs of another model")
+        data = sorted({d[:12] for r in recorded.values() for d in r["data"]}) or ["not recorded"]
+        cpus = sorted({c for r in recorded.values() for c in r["cpu"]}) or ["not recorded"]
+        msg = (f"the generalist in {pres[TASKS.get(t).suite]} (weights sha256 {now[WEIGHTS_DIGEST_TAG][:12]}, "
+               f"data sha256 {now.get(DATA_DIGEST_TAG, '?')[:12]}, CPU {here['cpu']} ({here['cpu_flags']})) is none of "
+               f"those the recorded GSA-family runs of {t} fine-tuned (weights {', '.join(sorted(d[:12] for d in recorded))}; "
+               f"data {', '.join(data)}; CPU {'; '.join(cpus)}; in {ARCHIVE}): its offline data or pre-training differ, "
+               "and new runs would be reported beside runs of another model")
         if not allow_new:
             raise HarnessError(msg + ". Build the data and model again with this script's own commands in an empty "
-                               "--workdir (they repeat exactly), or pass --new-generalist to run anyway (the report "
-                               "then lists each task's digests)")
+                               "--workdir (on the same kind of CPU they repeat exactly; on another, float rounding may "
+                               "differ), or pass --new-generalist to run anyway (the report then lists each task's digests)")
         print(f"warning: {msg} (--new-generalist)", flush=True)
     for suite, d in have.items():
-        print(f"generalist {suite}: weights sha256 {d[:12]}", flush=True)
-    return have
+        print(f"generalist {suite}: weights sha256 {d[WEIGHTS_DIGEST_TAG][:12]}, data sha256 "
+              f"{d.get(DATA_DIGEST_TAG, 'not recorded')[:12]}", flush=True)
+    return {suite: d[WEIGHTS_DIGEST_TAG] for suite, d in have.items()}
 
 
 def bootstrap_ci(x: np.ndarray, reps: int = 10_000, seed: int = 0) -> tuple[float | None, float | None]:

@@ -471,13 +471,15 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
 
     rep, run_id = None, None
     if log_mlflow:
+        from harness.provenance import host
         from harness.reporting import MlflowReporter, flatten
         rep = reporter or MlflowReporter()
         params = flatten({"collect": dataclasses.asdict(cfg) | {"action_pad_dim": action_pad,
                                                                  "proprio_pad_dim": proprio_pad}})
         try:
             run_id = rep.start("datasets", out.resolve().name,
-                               {"kind": "collect", "dataset_path": str(out.resolve()), "append": str(cfg.append)}, params)
+                               {"kind": "collect", "dataset_path": str(out.resolve()), "append": str(cfg.append),
+                                **{f"host.{k}": v for k, v in host().items()}}, params)
         except BaseException:
             if created and writer.episodes_written == 0:
                 import shutil
@@ -542,7 +544,7 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
             summary: dict[str, Any] = {}
             try:
                 ds = open_dataset(out, list(stored))
-                summary = ds.summary()
+                summary = ds.summary() | {"content_sha256": ds.content_digest()}   # equal for data collected again
                 ds.close()
             except HarnessError:
                 pass   # nothing committed (an early failure): nothing to describe
@@ -554,7 +556,8 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
             rep.close("FINISHED")
     echo(f"collected {episodes_done} episodes ({env_frames:,} env frames) into {out}: "
          f"{summary.get('episodes', 0)} episodes, {summary.get('stored_steps', 0):,} stored steps in all, "
-         f"{summary.get('bytes_per_million_steps', 0) / 1e9:.2f} GB per million steps")
+         f"{summary.get('bytes_per_million_steps', 0) / 1e9:.2f} GB per million steps"
+         + (f"; content sha256 {summary['content_sha256'][:12]}" if summary.get("content_sha256") else ""))
     return CollectResult(out, run_id, episodes_done, writer.steps_written, env_frames, summary, per_setting)
 
 
@@ -566,6 +569,8 @@ def _describe(rep: Any, summary: dict[str, Any], per_setting: list[dict[str, Any
                          "dataset/bytes_per_million_steps": summary["bytes_per_million_steps"],
                          "dataset/damaged": summary["damaged"]}, step=episodes_done)
         rep.log_json(summary, "dataset_summary.json")
+        if summary.get("content_sha256"):
+            rep.set_tags({"dataset_sha256": summary["content_sha256"]})
     rep.log_json(per_setting, "collect_settings.json")
     if first_frames:
         _log_first_frames(rep, first_frames)

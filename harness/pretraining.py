@@ -17,7 +17,7 @@ from harness import checkpoint
 from harness.errors import HarnessError
 from harness.lifecycle import RunLock, Terminated, check_writable_dir, guarded, sigterm_checkpoints
 from harness.offline import open_dataset
-from harness.provenance import git_commit, resolve_device, versions
+from harness.provenance import git_commit, host, resolve_device, versions
 from harness.reporting import MlflowReporter, flatten
 from methods.gsa.pretrain import (
     CHECKPOINT_FILE,
@@ -58,6 +58,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, *, preset: str = "paper", ou
     # Errors now, before any run is made; damage is reported by the trainer, which reads the data.
     with open_dataset(data, obs_keys, action_pad_dim=action_pad_dim, on_damage=lambda line: None) as ds:
         summary, fingerprint, fmt = ds.summary(), ds.fingerprint(), ds.format
+        content = ds.content_digest()   # the same data collected again give the same digest (uids do not)
         keys, pad = list(ds.obs_keys), ds.action_pad_dim
     if threads > 0:
         torch.set_num_threads(threads)
@@ -66,7 +67,8 @@ def pretrain(data: str | Path, cfg: PretrainConfig, *, preset: str = "paper", ou
     data_ref = _data_ref(data)
     tags = {"kind": "pretrain", "preset": preset, "dataset_path": data_ref, "seed": str(seed),
             "obs_keys": ",".join(keys), "git_commit": git_commit(),
-            **{f"version.{k}": v for k, v in versions().items()}}
+            "dataset_sha256": content, **{f"version.{k}": v for k, v in versions().items()},
+            **{f"host.{k}": v for k, v in host().items()}}
     params = flatten({"pretrain": dataclasses.asdict(cfg),
                       "data": {"path": data_ref, "format": fmt, "episodes": summary["episodes"],
                                "stored_steps": summary["stored_steps"], "embodiments": ",".join(summary["embodiments"]),
@@ -81,8 +83,8 @@ def pretrain(data: str | Path, cfg: PretrainConfig, *, preset: str = "paper", ou
             lock = RunLock(out_dir, run_id).acquire()
             info = {"data": data_ref, "obs_keys": keys,
                     "action_pad_dim": action_pad_dim if fmt in ("ncrl", "minari") else None,
-                    "dataset_fingerprint": fingerprint, "seed": seed, "device": dev, "threads": threads,
-                    "preset": preset, "run_id": run_id, "config": dataclasses.asdict(cfg)}
+                    "dataset_fingerprint": fingerprint, "dataset_sha256": content, "seed": seed, "device": dev,
+                    "threads": threads, "preset": preset, "run_id": run_id, "config": dataclasses.asdict(cfg)}
             checkpoint.write_text_atomic(out_dir / PRETRAIN_FILE, json.dumps(info, indent=1))
             rep.set_tags({"pretrain_dir": str(out_dir), "checkpoint_dir": str(out_dir)})
             rep.log_json(summary, "dataset_summary.json")

@@ -55,6 +55,31 @@ def versions() -> dict[str, str]:
     return out
 
 
+# The vector extensions whose presence changes which kernels torch, MKL and numpy pick, and so the low bits of
+# float results: two machines that differ in them may train a different model from the same seed and data.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def host() -> dict[str, str]:
+    """The CPU this process runs on: ``cpu`` (its model name) and ``cpu_flags`` (which of CPU_FLAGS it has),
+    recorded as tags ``host.*`` beside the versions, so that runs that differ only by machine can be told
+    apart (a generalist trained again on another CPU, ``benchmarks/bench_gsa_evidence.py``)."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:   # not Linux: the model name as the platform gives it, no flags
+        pass
+    model = model or platform.processor() or platform.machine()
+    return {"cpu": model or "unknown", "cpu_flags": ",".join(f for f in CPU_FLAGS if f in flags) or "unknown"}
+
+
 def resolve_device(name: str) -> str:
     """``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda`` and ``cuda:N`` as given, cuda
     only when CUDA is available here."""

@@ -112,7 +112,8 @@ def _provenance(pdir: Path, info: dict[str, Any], run: Any) -> dict[str, Any]:
             "pretrain_run_id": info.get("run_id"), "trained_at_commit": run.data.tags.get("git_commit", "unknown"),
             "registered_at_commit": git_commit(), "versions": versions(), "config": info.get("config"),
             "preset": info.get("preset"), "seed": info.get("seed"), "obs_keys": info.get("obs_keys"),
-            "dataset": dataset_provenance(str(info.get("data"))) | {"fingerprint": info.get("dataset_fingerprint")},
+            "dataset": dataset_provenance(str(info.get("data"))) | {"fingerprint": info.get("dataset_fingerprint"),
+                                                                     "sha256": info.get("dataset_sha256")},
             "files": {p.relative_to(pdir).as_posix(): _sha256(p) for p in files if p.is_file()}}
 
 

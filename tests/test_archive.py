@@ -167,29 +167,38 @@ def test_a_damaged_record_is_named_and_nothing_is_imported(finished_sweep, tmp_p
 
 
 def test_the_evidence_benchmark_refuses_a_generalist_its_recorded_runs_did_not_fine_tune(tmp_path, monkeypatch):
-    """A generalist trained again on a new machine must be the model the committed GSA-family records used, or
-    new runs would sit in one cell of the report beside runs of another model: refused, unless asked for."""
+    """A generalist trained again on a new machine must be a model the committed GSA-family records used, or
+    new runs would sit in one cell of the report beside runs of another model: refused, unless asked for; the
+    refusal says whether the data differ and on which CPUs the recorded runs were made."""
     import torch
 
     from benchmarks import bench_gsa_evidence as ev
     from methods.backbone.checkpoint import save
-    from methods.gsa.pretrain import WEIGHTS_DIGEST_TAG, weights_digest
+    from methods.gsa.pretrain import DATA_DIGEST_TAG, WEIGHTS_DIGEST_TAG, generalist_tags, weights_digest
     pre = tmp_path / "pretrained-metaworld"
     save(pre / "world_model.pt", {"world_model": {"w": torch.arange(4.0)}})
     ours = weights_digest(pre)
     monkeypatch.setattr(ev, "ARCHIVE", tmp_path / "records")
     (tmp_path / "records").mkdir()
 
-    def record(name: str, method: str, digest: str) -> None:
+    def record(name: str, method: str, digest: str, **more: str) -> None:
         (tmp_path / "records" / f"{name}.json").write_text(json.dumps({"run": {"tags": {
-            "tasks": "window-close-v3", "method": method, WEIGHTS_DIGEST_TAG: digest}}}))
+            "tasks": "window-close-v3", "method": method, WEIGHTS_DIGEST_TAG: digest, **more}}}))
 
     record("a", "gsa", ours)
     record("b", "dreamer", "not-a-generalist")                         # no offline data: not checked
     assert ev.check_generalists({"metaworld": pre}, ["window-close-v3"], allow_new=False) == {"metaworld": ours}
-    record("c", "gsa-p", "0" * 64)
-    with pytest.raises(HarnessError, match=r"is not the one the recorded GSA-family runs of window-close-v3 "
-                                           r"fine-tuned \(000000000000.*--new-generalist"):
-        ev.check_generalists({"metaworld": pre}, ["window-close-v3"], allow_new=False)
-    assert ev.check_generalists({"metaworld": pre}, ["window-close-v3"], allow_new=True) == {"metaworld": ours}
+    record("c", "gsa-p", "0" * 64, **{DATA_DIGEST_TAG: "d" * 64, "host.cpu": "Old CPU", "host.cpu_flags": "avx2"})
+    # one of the recorded generalists (a task whose records already hold two): accepted
+    assert ev.check_generalists({"metaworld": pre}, ["window-close-v3"], allow_new=False) == {"metaworld": ours}
+    other = tmp_path / "pretrained-again"
+    save(other / "world_model.pt", {"world_model": {"w": torch.arange(4.0) + 1e-6}})   # another CPU's rounding
+    (other / "pretrain.json").write_text(json.dumps({"dataset_sha256": "d" * 64}))
+    assert generalist_tags(other) == {WEIGHTS_DIGEST_TAG: weights_digest(other), DATA_DIGEST_TAG: "d" * 64}
+    with pytest.raises(HarnessError, match=r"data sha256 dddddddddddd, CPU .*is none of those the recorded GSA-family "
+                                           r"runs of window-close-v3 fine-tuned \(weights 000000000000, .*; data "
+                                           r"dddddddddddd; CPU Old CPU \(avx2\);.*--new-generalist"):
+        ev.check_generalists({"metaworld": other}, ["window-close-v3"], allow_new=False)
+    assert ev.check_generalists({"metaworld": other}, ["window-close-v3"], allow_new=True) == \
+        {"metaworld": weights_digest(other)}
     assert ev.check_generalists({"metaworld": pre}, ["walker-walk"], allow_new=False) == {"metaworld": ours}

@@ -15,6 +15,7 @@ from offline_data import collected, pretrain_debug
 from harness import checkpoint
 from harness.config import RunConfig
 from harness.errors import HarnessError
+from harness.offline import open_dataset
 from harness.runner import prepare, run_stream
 from harness.streams import EvalSpec, StreamSpec, TaskSpec
 from methods import METHODS
@@ -116,6 +117,11 @@ def test_gsa_stream_logs_retrieval_bc_and_guidance_to_mlflow(mlflow_uri, pretrai
     next(iter(payload["world_model"].values())).view(-1)[0] += 1   # one weight changed: another model
     torch.save(payload, moved)
     assert weights_digest(moved) != digest
+    # ... and the content of the data it was pre-trained on (pretrain.json), the same for the same data anywhere
+    info = json.loads((Path(pretrained) / "pretrain.json").read_text())
+    with open_dataset(info["data"], info["obs_keys"]) as ds:
+        assert client.get_run(res.run_id).data.tags["pretrained.data_sha256"] == info["dataset_sha256"] == \
+            ds.content_digest()
     # The diagnostic of benchmarks/diag_bc_prior.py: the checkpoint's π_bc (the last task's) acting alone.
     from benchmarks.diag_bc_prior import diagnose
     d = diagnose(str(res.run_dir), episodes=1)

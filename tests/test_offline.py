@@ -487,20 +487,25 @@ def test_icm_reward_is_urlbs_and_its_models_learn():
 
 
 def test_parallel_collection_writes_the_same_dataset(tmp_path, monkeypatch):
-    """--workers N collects settings in N processes; the episodes, their order and metadata are those of one."""
+    """--workers N collects settings in N processes; the episodes, their order and metadata are those of one,
+    and so is the data's content digest (recorded by pre-training and by the runs that fine-tune its model)."""
     from harness.collect import collect
     monkeypatch.chdir(tmp_path)
     cfg = CollectConfig(tasks=("reach-v3", "push-v3"), policies=("expert",), noise=(0.1, 1.0), episodes=2,
                         episode_frames=40, obs_type="proprio", render_quality="fast")
-    for workers in (1, 2):
-        collect(tmp_path / f"w{workers}", dataclasses.replace(cfg, workers=workers), echo=lambda *_: None,
-                log_mlflow=False)
+    for workers in (1, 2):   # and another shard layout
+        collect(tmp_path / f"w{workers}", dataclasses.replace(cfg, workers=workers, shard_steps=40 * workers),
+                echo=lambda *_: None, log_mlflow=False)
     one, two = open_dataset(tmp_path / "w1"), open_dataset(tmp_path / "w2")
     key = lambda m: (m.task, m.policy, m.noise, m.seed, m.length)  # noqa: E731
     assert [key(m) for m in one.episodes] == [key(m) for m in two.episodes] and len(one.episodes) == 8
     for i in range(len(one.episodes)):
         a, b = one.episode(i), two.episode(i)
         assert all(np.array_equal(a[k], b[k]) for k in a)
+    # the content digest names the data, not the uids (new each time) nor the shard layout
+    assert one.fingerprint() != two.fingerprint()
+    assert one.content_digest() == two.content_digest()
+    assert one.subset(one.episode_ids[:-1]).content_digest() != one.content_digest()
 
 
 def test_collect_task_groups():

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from offline_data import collected, write_ncrl
 
 from harness.errors import HarnessError
+from harness.offline import open_dataset
 from harness.pretraining import pretrain, resume_pretrain
 from methods.gsa.pretrain import load_pretrained, make_config
 
@@ -41,6 +42,11 @@ def test_pretrain_logs_to_mlflow_and_resumes(dataset_dir, mlflow_uri, tmp_path):
     client = MlflowClient(mlflow_uri)
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["kind"] == "pretrain"
+    # what it was trained on, by content, and where: the same data collected again give the same digest
+    with open_dataset(dataset_dir) as ds:
+        assert run.data.tags["dataset_sha256"] == json.loads((out / "pretrain.json").read_text())["dataset_sha256"] \
+            == ds.content_digest()
+    assert run.data.tags["host.cpu"] and "version.torch" in run.data.tags
     assert run.data.params["pretrain.batch_size"] == "4" and run.data.params["data.embodiments"] == "cheetah,sawyer,walker"
     loss = client.get_metric_history(res.run_id, "pretrain/loss")
     assert [m.step for m in loss] == [3, 6] and all(np.isfinite(m.value) for m in loss)

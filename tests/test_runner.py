@@ -43,6 +43,7 @@ def test_random_run_reports_everything_to_mlflow(mlflow_uri, tmp_path):
     tags = run.data.tags
     assert tags["method"] == "random" and tags["stream"] == "t2" and tags["seed"] == "3"
     assert tags["git_commit"] and tags["version.torch"] and tags["version.mujoco"] == "3.3.0"
+    assert tags["host.cpu"] and tags["host.cpu_flags"]   # the machine: float rounding differs between CPUs
     params = run.data.params
     assert params["stream.tasks"].startswith("[{'name': 'cartpole-balance'")
     assert params["run.env.obs_type"] == "proprio" and params["run.env.action_pad_dim"] == "4"

@@ -163,6 +163,25 @@ class OfflineDataset:
             h.update(self._store.episodes[i].uid.encode())
         return h.hexdigest()[:16]
 
+    def content_digest(self) -> str:
+        """sha256 over what this view's episodes hold (their task, policy, the observations it reads, actions and
+        flags, in episode order), not over how they are stored: the same data collected again give the same
+        digest, on any machine and in any shard layout (``fingerprint`` names the episodes, whose uids are new
+        each time). Reads every episode once; damaged ones are left out (and so change the digest)."""
+        import hashlib
+        h = hashlib.sha256()
+        for i in self._live():
+            meta = self._store.episodes[int(i)]
+            h.update(f"{meta.embodiment}|{meta.task}|{meta.policy}|{meta.noise}|{meta.seed}|{meta.length}|".encode())
+            rows = self._read(int(i), 0, meta.length, (*self.obs_keys, "action", *FLAG_KEYS))
+            if rows is None:
+                continue
+            for k in (*self.obs_keys, "action", *FLAG_KEYS):
+                a = np.ascontiguousarray(rows[k])
+                h.update(f"{k}|{a.dtype}|{a.shape}|".encode())
+                h.update(a.tobytes())
+        return h.hexdigest()
+
     # ---------------------------------------------------------------- views
     def subset(self, episodes: Iterable[str | int]) -> "OfflineDataset":
         """A view on the given episodes: uids (str) or store-wide ids (int). Unknown uids are an error."""

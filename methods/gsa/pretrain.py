@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,20 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[Any, dict[st
 
 
 WEIGHTS_DIGEST_TAG = "pretrained.weights_sha256"   # the run tag that carries weights_digest of its generalist
+DATA_DIGEST_TAG = "pretrained.data_sha256"         # ... and the content digest of the data it was pre-trained on
+
+
+def generalist_tags(path: str | Path) -> dict[str, str]:
+    """The tags a run that fine-tunes the pre-trained model at ``path`` records: its weights digest and, when its
+    pre-training recorded it (``dataset_sha256`` in pretrain.json), the content digest of its data. Two
+    generalists with different weights and the same data digest differ in pre-training, not in data."""
+    tags = {WEIGHTS_DIGEST_TAG: weights_digest(path)}
+    info = Path(path) / PRETRAIN_FILE
+    if info.is_file():
+        data = json.loads(info.read_text()).get("dataset_sha256")
+        if data:
+            tags[DATA_DIGEST_TAG] = str(data)
+    return tags
 
 
 def weights_digest(path: str | Path) -> str:

@@ -449,7 +449,9 @@ def write(out: dict, curves: dict, tasks: list[str], methods: list[str], seeds: 
         g = out["tasks"][t].get("generalist_sha256", {})
         if len(g) > 1:
             lines.append(f"- {t}: **its GSA-family runs fine-tuned {len(g)} different generalists** (weights sha256: "
-                         + "; ".join(f"{d[:12]}: {', '.join(v)}" for d, v in g.items()) + ")")
+                         + "; ".join(f"{d[:12]}: {', '.join(v)}" for d, v in g.items()) + "), pooled in the table: "
+                         "the same data and pre-training recipe, built again on another machine (each run records its "
+                         "CPU, `host.*`, and its generalist's data digest, `pretrained.data_sha256`)")
         elif g:
             lines.append(f"- {t}: every GSA-family run fine-tuned one generalist (weights sha256 {next(iter(g))[:12]})")
     rec = sum(len(v.get("recorded_run_ids", [])) for e in out["tasks"].values() for v in e["methods"].values())
@@ -506,8 +508,9 @@ def main() -> None:
                     help=f"also run the jobs whose runs are recorded from the lost store ({RECORDED.name}); by "
                          "default they are reported as recorded and not run again")
     ap.add_argument("--new-generalist", action="store_true",
-                    help="run even when a benchmark's pre-trained model is not the one its recorded GSA-family runs "
-                         "fine-tuned (refused by default: the report would mix two models)")
+                    help="run even when a benchmark's pre-trained model is none of those its recorded GSA-family runs "
+                         "fine-tuned (refused by default: the report would mix models; a rebuild on another CPU "
+                         "can round floats differently), and pool them in the report, which lists each task's digests")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("--save-references", action="store_true",

@@ -471,7 +471,7 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
 
     rep, run_id = None, None
     if log_mlflow:
-        from harness.provenance import host
+        from harness.provenance import machine_tags
         from harness.reporting import MlflowReporter, flatten
         rep = reporter or MlflowReporter()
         params = flatten({"collect": dataclasses.asdict(cfg) | {"action_pad_dim": action_pad,
@@ -479,7 +479,7 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
         try:
             run_id = rep.start("datasets", out.resolve().name,
                                {"kind": "collect", "dataset_path": str(out.resolve()), "append": str(cfg.append),
-                                **{f"host.{k}": v for k, v in host().items()}}, params)
+                                **machine_tags()}, params)
         except BaseException:
             if created and writer.episodes_written == 0:
                 import shutil

@@ -17,7 +17,7 @@ from harness import checkpoint
 from harness.errors import HarnessError
 from harness.lifecycle import RunLock, Terminated, check_writable_dir, guarded, sigterm_checkpoints
 from harness.offline import open_dataset
-from harness.provenance import git_commit, host, resolve_device, versions
+from harness.provenance import git_commit, machine_tags, resolve_device
 from harness.reporting import MlflowReporter, flatten
 from methods.gsa.pretrain import (
     CHECKPOINT_FILE,
@@ -67,8 +67,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, *, preset: str = "paper", ou
     data_ref = _data_ref(data)
     tags = {"kind": "pretrain", "preset": preset, "dataset_path": data_ref, "seed": str(seed),
             "obs_keys": ",".join(keys), "git_commit": git_commit(),
-            "dataset_sha256": content, **{f"version.{k}": v for k, v in versions().items()},
-            **{f"host.{k}": v for k, v in host().items()}}
+            "dataset_sha256": content, **machine_tags()}
     params = flatten({"pretrain": dataclasses.asdict(cfg),
                       "data": {"path": data_ref, "format": fmt, "episodes": summary["episodes"],
                                "stored_steps": summary["stored_steps"], "embodiments": ",".join(summary["embodiments"]),

@@ -80,6 +80,11 @@ def host() -> dict[str, str]:
     return {"cpu": model or "unknown", "cpu_flags": ",".join(f for f in CPU_FLAGS if f in flags) or "unknown"}
 
 
+def machine_tags() -> dict[str, str]:
+    """The run tags that say what software and machine made a run: ``version.<package>`` and ``host.<key>``."""
+    return {f"version.{k}": v for k, v in versions().items()} | {f"host.{k}": v for k, v in host().items()}
+
+
 def resolve_device(name: str) -> str:
     """``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda`` and ``cuda:N`` as given, cuda
     only when CUDA is available here."""

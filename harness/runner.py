@@ -31,7 +31,7 @@ from harness.errors import HarnessError, NonFiniteLossError
 from harness.evaluation import evaluate
 from harness.launch import run_key
 from harness.lifecycle import RunLock, Terminated, check_writable_dir, guarded, sigterm_checkpoints
-from harness.provenance import auto_threads, git_commit, host, resolve_device, rng_state, seed_everything, set_rng_state, versions
+from harness.provenance import auto_threads, git_commit, machine_tags, resolve_device, rng_state, seed_everything, set_rng_state
 from harness.reporting import PARENT, TASK, MlflowReporter, flatten, ui_command
 from methods import METHODS
 from methods.base import MethodContext, MethodSpec, Step, TaskContext, resolve_config
@@ -375,7 +375,7 @@ def _start(cfg: RunConfig, spec: MethodSpec, method_cfg: Any, rep: MlflowReporte
             "git_commit": git_commit(), "tasks": ",".join(names), "budget_frames": str(cfg.stream.total_frames),
             "runs_dir": str(Path(cfg.runs_dir).resolve()), "run_key": run_key(cfg, method_cfg),
             "torch_threads": str(cfg.torch_threads or auto_threads())} | dict(cfg.tags)
-    tags |= {f"version.{k}": v for k, v in versions().items()} | {f"host.{k}": v for k, v in host().items()}
+    tags |= machine_tags()
     if getattr(method_cfg, "pretrained", ""):   # which generalist: the same weights give the same digest anywhere
         from methods.gsa.pretrain import generalist_tags
         tags |= generalist_tags(method_cfg.pretrained)

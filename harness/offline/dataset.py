@@ -169,14 +169,14 @@ class OfflineDataset:
         digest, on any machine and in any shard layout (``fingerprint`` names the episodes, whose uids are new
         each time). Reads every episode once; damaged ones are left out (and so change the digest)."""
         import hashlib
-        h = hashlib.sha256()
+        h, keys = hashlib.sha256(), (*self.obs_keys, "action", *FLAG_KEYS)
         for i in self._live():
             meta = self._store.episodes[int(i)]
             h.update(f"{meta.embodiment}|{meta.task}|{meta.policy}|{meta.noise}|{meta.seed}|{meta.length}|".encode())
-            rows = self._read(int(i), 0, meta.length, (*self.obs_keys, "action", *FLAG_KEYS))
+            rows = self._read(int(i), 0, meta.length, keys)
             if rows is None:
                 continue
-            for k in (*self.obs_keys, "action", *FLAG_KEYS):
+            for k in keys:
                 a = np.ascontiguousarray(rows[k])
                 h.update(f"{k}|{a.dtype}|{a.shape}|".encode())
                 h.update(a.tobytes())

@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/gpu_check.py --smoke         # the same steps on the CPU, tiny sizes (a dry run)
 
 1. The machine: torch and its CUDA, the GPU, the GL backend and the EGL renderer string.
+   Then ``tests``: ``pytest tests/test_cuda.py`` (every registered method trains on CUDA; GSA pre-trains there).
 2. Seconds per Dreamer update (one world-model + one actor-critic update) and peak GPU memory, pixels, for
    the ``small`` and ``paper`` presets in fp32 and bf16 (``model.amp=true``), on synthetic replay.
 3. Whole-run env frames/s: ``run-stream`` with pixels (paper render quality) for 2 minutes, stopped with
@@ -12,7 +13,8 @@
    and whether any hangs in its first render (a known MuJoCo report: 8 EGL processes on one H200 hung).
 Results: printed as Markdown and written to benchmarks/results/gpu_check.{json,md}; use them for the packing
 defaults of `cli.py sweep` (``--gpus-per-job``). Each step has its own time limit; a failing step is reported
-and the next one runs.
+and the next one runs. ``--steps tests,updates`` measures only those steps and keeps the others from the last
+report, each marked with the commit and date that measured it.
 """
 from __future__ import annotations
 
@@ -151,51 +153,114 @@ def runs_for(seconds: float, n: int, method: str, preset: str | None, smoke: boo
             "hung": sum(1 for f in frames if f == 0), "errors": errors}
 
 
+STEPS = ("tests", "updates", "whole_run", "egl_x4")
+
+
+def cuda_tests(seconds: int) -> dict:
+    """``pytest tests/test_cuda.py``: every method trains on CUDA (xdist when the machine has it)."""
+    import importlib.util
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_cuda.py"), "-q", "-p", "no:cacheprovider", "-rfE"]
+    if importlib.util.find_spec("xdist"):
+        cmd += ["-n", str(min(8, max(1, len(os.sched_getaffinity(0)) // 2)))]
+    t0 = time.time()
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds)
+        text, rc = out.stdout + out.stderr, out.returncode
+    except subprocess.TimeoutExpired as exc:
+        text, rc = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), "timeout"
+    lines = text.strip().splitlines()
+    return {"rc": rc, "seconds": round(time.time() - t0, 1), "summary": lines[-1] if lines else "",
+            "failed": [x for x in lines if x.startswith(("FAILED", "ERROR"))][:40]}
+
+
+def _markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# GPU check ({m['gpu']}, torch {m['torch']}, CUDA {m['cuda']}; renderer {m['renderer']})", "",
+             f"Commit {report.get('commit', '?')}, {report.get('date', '?')}; steps measured earlier and kept: "
+             f"{', '.join(f'{k} ({v})' for k, v in report.get('kept', {}).items()) or 'none'}.", ""]
+    if "tests" in report:
+        t = report["tests"]
+        lines += [f"CUDA tests (tests/test_cuda.py): {t['summary']} in {t['seconds']} s."]
+        lines += [f"- {f}" for f in t["failed"]] + [""]
+    if report.get("updates"):
+        lines += ["| preset | precision | s/update | peak GPU memory (GiB) |", "|---|---|---|---|"]
+        lines += [f"| {r['preset']} | {r['precision']} | {r['s_per_update']:.3f} | {r['peak_gpu_memory_gib']:.2f} |"
+                  for r in report["updates"]] + [""]
+    if "whole_run" in report:
+        w = report["whole_run"]
+        lines += [f"Whole run (dreamer {w['preset']}, pixels, paper rendering): {w['env_fps'][0]} env frames/s over "
+                  f"{w['seconds']} s" + (f"; errors: {w['errors']}" if w["errors"] else "") + "."]
+    if "egl_x4" in report:
+        e = report["egl_x4"]
+        lines += [f"4 concurrent EGL run-stream processes (random, pixels): {e['env_fps']} env frames/s; "
+                  f"{e['hung']} hung" + (f"; errors: {e['errors']}" if e["errors"] else "") + "."]
+    lines += [f"Total {report['total_s']} s."]
+    if report["steps_failed"]:
+        lines += ["", "Failed steps:"] + [f"- {f}" for f in report["steps_failed"]]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, short durations: checks the script")
     ap.add_argument("--updates", type=int, default=10)
+    ap.add_argument("--steps", default=",".join(STEPS),
+                    help=f"comma-separated subset of {','.join(STEPS)}; the others keep their values from the last "
+                         "report, marked as kept (device time is short: measure only what changed)")
+    ap.add_argument("--commit", default=None, help="label the report with this commit where the tree has no .git "
+                                                    "(a device machine gets a copy of the working tree)")
     a = ap.parse_args()
+    steps = [x.strip() for x in a.steps.split(",") if x.strip()]
+    if bad := [x for x in steps if x not in STEPS]:
+        ap.error(f"unknown step(s) {bad}; valid: {', '.join(STEPS)}")
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
+
+    from harness.provenance import git_commit
     device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     presets = ("debug",) if a.smoke else ("small", "paper")
     long_s, multi_s = (45, 45) if a.smoke else (120, 90)
+    stem = "gpu_check_smoke" if a.smoke else "gpu_check"
     t0 = time.time()
-    report: dict = {"machine": machine(), "device": device, "updates": [], "steps_failed": []}
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    report: dict = {"machine": machine(), "device": device, "commit": a.commit or git_commit(), "date": date, "kept": {},
+                    "steps_failed": []}
     print(json.dumps(report["machine"], indent=1), flush=True)
-    for preset in presets:
-        for amp in (False, True):
-            try:
-                r = time_updates(preset, amp, device, 3 if a.smoke else a.updates)
-                report["updates"].append(r)
-                print(f"update {preset} {r['precision']}: {r['s_per_update']:.3f} s/update, peak "
-                      f"{r['peak_gpu_memory_gib']:.2f} GiB (first {r['first_update_s']:.1f} s)", flush=True)
-            except Exception as exc:   # e.g. out of memory: report it, go on
-                report["steps_failed"].append(f"update {preset} amp={amp}: {type(exc).__name__}: {exc}"[:300])
-                print(report["steps_failed"][-1], flush=True)
-    report["whole_run"] = runs_for(long_s, 1, "dreamer", "debug" if a.smoke else "small", a.smoke)
-    print(f"whole run (dreamer, pixels, {long_s} s): {report['whole_run']['env_fps']} env frames/s", flush=True)
-    report["egl_x4"] = runs_for(multi_s, 4, "random", None, a.smoke)
-    print(f"4 EGL processes ({multi_s} s): {report['egl_x4']['env_fps']} env frames/s, hung: "
-          f"{report['egl_x4']['hung']}", flush=True)
+    previous = OUT / f"{stem}.json"
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        for step in STEPS:
+            if step not in steps and step in old:
+                report[step] = old[step]
+                report["kept"][step] = old.get("kept", {}).get(step) or f"{old.get('commit', '?')}, {old.get('date', '?')}"
+    if "tests" in steps:
+        report["tests"] = cuda_tests(300)
+        print(f"CUDA tests: {report['tests']['summary']}", *report["tests"]["failed"], sep="\n", flush=True)
+    if "updates" in steps:
+        report["updates"] = []
+        for preset in presets:
+            for amp in (False, True):
+                try:
+                    r = time_updates(preset, amp, device, 3 if a.smoke else a.updates)
+                    report["updates"].append(r)
+                    print(f"update {preset} {r['precision']}: {r['s_per_update']:.3f} s/update, peak "
+                          f"{r['peak_gpu_memory_gib']:.2f} GiB (first {r['first_update_s']:.1f} s)", flush=True)
+                except Exception as exc:   # e.g. out of memory: report it, go on
+                    report["steps_failed"].append(f"update {preset} amp={amp}: {type(exc).__name__}: {exc}"[:300])
+                    print(report["steps_failed"][-1], flush=True)
+    if "whole_run" in steps:
+        report["whole_run"] = runs_for(long_s, 1, "dreamer", "debug" if a.smoke else "small", a.smoke)
+        print(f"whole run (dreamer, pixels, {long_s} s): {report['whole_run']['env_fps']} env frames/s "
+              f"{report['whole_run']['errors']}", flush=True)
+    if "egl_x4" in steps:
+        report["egl_x4"] = runs_for(multi_s, 4, "random", None, a.smoke)
+        print(f"4 EGL processes ({multi_s} s): {report['egl_x4']['env_fps']} env frames/s, hung: "
+              f"{report['egl_x4']['hung']}", flush=True)
     report["total_s"] = round(time.time() - t0, 1)
     OUT.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_check_smoke" if a.smoke else "gpu_check"
     (OUT / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    lines = [f"# GPU check ({report['machine']['gpu']}, torch {report['machine']['torch']}, CUDA "
-             f"{report['machine']['cuda']}; renderer {report['machine']['renderer']})", "",
-             "| preset | precision | s/update | peak GPU memory (GiB) |", "|---|---|---|---|"]
-    lines += [f"| {r['preset']} | {r['precision']} | {r['s_per_update']:.3f} | {r['peak_gpu_memory_gib']:.2f} |"
-              for r in report["updates"]]
-    lines += ["", f"Whole run (dreamer {report['whole_run']['preset']}, pixels, paper rendering): "
-                  f"{report['whole_run']['env_fps'][0]} env frames/s over {report['whole_run']['seconds']} s.",
-              f"4 concurrent EGL run-stream processes (random, pixels): {report['egl_x4']['env_fps']} env frames/s; "
-              f"{report['egl_x4']['hung']} hung.", f"Total {report['total_s']} s."]
-    if report["steps_failed"]:
-        lines += ["", "Failed steps:"] + [f"- {f}" for f in report["steps_failed"]]
-    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (OUT / f"{stem}.md").write_text(_markdown(report))
+    print(_markdown(report))
 
 
 if __name__ == "__main__":

@@ -188,7 +188,9 @@ def metrics_to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     """One device sync for a whole metrics dict."""
     if not metrics:
         return {}
-    values = torch.stack([v.float().reshape(()) for v in metrics.values()]).tolist()
+    # the optimizers' grad norms are CPU scalars beside the losses on the model's device: one device for all
+    device = next((v.device for v in metrics.values() if v.device.type != "cpu"), torch.device("cpu"))
+    values = torch.stack([v.detach().float().reshape(()).to(device) for v in metrics.values()]).tolist()
     return dict(zip(metrics, values))
 
 

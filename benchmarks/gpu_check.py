@@ -234,7 +234,7 @@ def main() -> None:
                 report[step] = old[step]
                 report["kept"][step] = old.get("kept", {}).get(step) or f"{old.get('commit', '?')}, {old.get('date', '?')}"
     if "tests" in steps:
-        report["tests"] = cuda_tests(300)
+        report["tests"] = cuda_tests(240)
         print(f"CUDA tests: {report['tests']['summary']}", *report["tests"]["failed"], sep="\n", flush=True)
     if "updates" in steps:
         report["updates"] = []

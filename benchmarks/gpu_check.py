@@ -169,7 +169,8 @@ def cuda_tests(seconds: int) -> dict:
     except subprocess.TimeoutExpired as exc:
         text, rc = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), "timeout"
     lines = text.strip().splitlines()
-    return {"rc": rc, "seconds": round(time.time() - t0, 1), "summary": lines[-1] if lines else "",
+    summary = [x for x in lines if any(w in x for w in (" passed", " failed", " skipped", " error"))]
+    return {"rc": rc, "seconds": round(time.time() - t0, 1), "summary": summary[-1] if summary else (lines or [""])[-1],
             "failed": [x for x in lines if x.startswith(("FAILED", "ERROR"))][:40]}
 
 

@@ -194,9 +194,13 @@ def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str 
         from harness.runner import resume_config, run_stream
         rep = MlflowReporter()
         cfg = resume_config(resume, rep)   # refuses task runs, FINISHED runs, live runs, damaged folders
+        import dataclasses
         if threads:
-            import dataclasses
             cfg = dataclasses.replace(cfg, torch_threads=threads)
+        if click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT:
+            if device != cfg.device:   # e.g. a run killed on a GPU node, continued on a CPU one
+                click.echo(f"continuing on --device {device} (the run was started with --device {cfg.device})")
+            cfg = dataclasses.replace(cfg, device=device)
         run_stream(cfg, resume=resume, echo=click.echo, reporter=rep)
         return
     cfg = RunOptions(stream=stream, stream_file=stream_file, method=method_name, seed=seed, preset=preset,
@@ -631,10 +635,12 @@ def _csv(value: str | None, kind: type, what: str) -> tuple:
 @click.option("--threads", type=int, default=0, show_default=True,
               help="torch threads of the learning explorers (icm, disagreement) with --workers 1 (0: the free "
                    "cores, 1 on a busy machine).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the learning explorers (icm, disagreement) train: auto, cpu, cuda, cuda:N.")
 def collect_cmd(out: str, tasks_: str, episodes: int, policies: str | None, noise: str | None, obs_type: str,
                 render_quality: str, action_repeat: int, episode_frames: int | None, action_pad_dim: int | None,
                 proprio_pad_dim: int | None, shard_steps: int, compression: str, seed: int, append: bool,
-                explorer_preset: str, workers: int, threads: int) -> None:
+                explorer_preset: str, workers: int, threads: int, device: str) -> None:
     """Collect reward-free offline data into dataset directory OUT (shards + manifest); describe it in MLflow."""
     from harness.collect import CollectConfig, collect, expand_tasks, plan
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering on the CPU
@@ -643,7 +649,8 @@ def collect_cmd(out: str, tasks_: str, episodes: int, policies: str | None, nois
                         noise=_csv(noise, float, "--noise"), obs_type=obs_type, render_quality=render_quality,
                         action_repeat=action_repeat, episode_frames=episode_frames, action_pad_dim=action_pad_dim,
                         proprio_pad_dim=proprio_pad_dim, shard_steps=shard_steps, compression=compression, seed=seed,
-                        append=append, explorer_preset=explorer_preset, workers=workers, threads=threads).validate()
+                        append=append, explorer_preset=explorer_preset, workers=workers, threads=threads,
+                        device=device).validate()
     settings = plan(cfg)
     click.echo(f"{len(settings)} settings x {episodes} episodes: " +
                ", ".join(f"{s.task}/{s.label}" for s in settings[:12]) + (" ..." if len(settings) > 12 else ""))

@@ -74,6 +74,7 @@ class CollectConfig:
     append: bool = False                   # add to an existing dataset (same schema)
     workers: int = 1                       # settings collected in parallel processes (the dataset is the same)
     threads: int = 0                       # torch threads of the learning explorers here (0: auto_threads; workers: 1)
+    device: str = "auto"                   # where the learning explorers train: auto (cuda if any), cpu, cuda, cuda:N
 
     def validate(self) -> "CollectConfig":
         from tasks.base import OBS_TYPES, RENDER_QUALITIES
@@ -108,6 +109,9 @@ class CollectConfig:
             raise HarnessError(f"ou_theta must be in (0, 1], got {self.ou_theta}")
         if self.explorer_preset not in ("tiny", "debug"):
             raise HarnessError(f"unknown explorer preset {self.explorer_preset!r}; valid: tiny, debug")
+        if any(p in LEARNING_POLICIES for p in self.policies):
+            from harness.provenance import resolve_device
+            resolve_device(self.device)   # unknown names, or cuda where there is none: a clear error, nothing written
         return self
 
 
@@ -240,16 +244,18 @@ def make_policy(setting: Setting, cfg: CollectConfig, action_dim: int, action_pa
         return ExpertPolicy(setting.task, float(setting.noise or 0.0), rng)
     if setting.policy == "ou":
         return OUPolicy(action_dim, float(setting.noise or 0.0), cfg.ou_theta, rng)
+    from harness.provenance import resolve_device
     if setting.policy == "icm":
         from methods.gsa.curiosity import DEBUG as ICM_DEBUG
         from methods.gsa.curiosity import TINY as ICM_TINY
         from methods.gsa.curiosity import ICMExplorer
         icm = ICM_DEBUG if cfg.explorer_preset == "debug" else ICM_TINY
-        return ICMExplorer(icm, proprio_pad, action_pad, action_dim, rng, cfg.action_repeat, workdir=explorer_dir)
+        return ICMExplorer(icm, proprio_pad, action_pad, action_dim, rng, cfg.action_repeat,
+                           device=resolve_device(cfg.device), workdir=explorer_dir)
     if setting.policy == "disagreement":
         from methods.gsa.explorer import DEBUG, DisagreementExplorer, ExplorerConfig
         return DisagreementExplorer(DEBUG if cfg.explorer_preset == "debug" else ExplorerConfig(), proprio_pad,
-                                    action_pad, action_dim, rng)
+                                    action_pad, action_dim, rng, device=resolve_device(cfg.device))
     return RandomPolicy(action_dim, rng)
 
 
@@ -471,11 +477,13 @@ def collect(out: str | Path, cfg: CollectConfig, *, echo: Callable[[str], None] 
 
     rep, run_id = None, None
     if log_mlflow:
-        from harness.provenance import machine_tags
+        from harness.provenance import machine_tags, resolve_device
         from harness.reporting import MlflowReporter, flatten
         rep = reporter or MlflowReporter()
+        learns = any(s.policy in LEARNING_POLICIES for s in settings)
         params = flatten({"collect": dataclasses.asdict(cfg) | {"action_pad_dim": action_pad,
-                                                                 "proprio_pad_dim": proprio_pad}})
+                                                                 "proprio_pad_dim": proprio_pad,
+                                                                 "device": resolve_device(cfg.device) if learns else "cpu"}})
         try:
             run_id = rep.start("datasets", out.resolve().name,
                                {"kind": "collect", "dataset_path": str(out.resolve()), "append": str(cfg.append),

@@ -399,7 +399,11 @@ class DrQV2:
         self.replay = EpisodeReplay(self.ctx.workdir / state["replay_dir"])
         self.replay.load_state_dict(state["replay"])
         self.rng.bit_generator.state = state["rng"]
-        self.torch_gen.set_state(state["torch_gen"])
+        if state["torch_gen"].numel() == self.torch_gen.get_state().numel():
+            self.torch_gen.set_state(state["torch_gen"])
+        else:   # saved on another kind of device (a run killed on a GPU node, continued on a CPU one): the
+            # augmentation's generator cannot take that state; seed it from the restored numpy stream instead
+            self.torch_gen.manual_seed(int(self.rng.integers(2**63 - 1)))
         self.task_agent_steps = int(state["task_agent_steps"])
         self.grad_updates = int(state["grad_updates"])
         self.mask = state["mask"].to(self.device)

@@ -2,7 +2,7 @@
 (state observations; pixels for the learners that read them), and GSA's pre-training and retrieval on the GPU.
 
 Skipped where CUDA is missing, as on CI: run ``pytest tests/test_cuda.py`` on a GPU machine (``-n 8`` with
-pytest-xdist; ``benchmarks/gpu_check.py`` does, first; on an H200 all 20 passed in 79 s). The first GPU run
+pytest-xdist; ``benchmarks/gpu_check.py`` does, first; on an H200 the first 20 passed in 79 s). The first GPU run
 found that every backbone method stopped at its first gradient update (the CPU grad-norm scalars stacked
 with the CUDA losses in ``metrics_to_floats``)."""
 from __future__ import annotations
@@ -100,3 +100,14 @@ def test_the_gsa_family_fine_tunes_a_cuda_pretrained_model(method, generalists, 
 def test_pixel_learners_train_on_cuda(method, generalists, mlflow_uri, tmp_path):
     res, metrics = _run(method, "pixels", tmp_path, generalists["pixels"] if method in GENERALIST else None)
     _check(method, res, metrics)
+
+
+@pytest.mark.parametrize("policy", ["icm", "disagreement"])
+def test_the_learning_explorers_collect_on_cuda(policy, mlflow_uri, tmp_path):
+    """``cli.py collect --device cuda``: the curiosity explorers train on the GPU while they collect."""
+    res = collect(tmp_path / "ds", CollectConfig(tasks=("walker-stand",), policies=(policy,), episodes=3,
+                                                 obs_type="proprio", episode_frames=100, render_quality="fast",
+                                                 explorer_preset="debug", device=DEVICE), **QUIET)
+    (row,) = res.settings
+    assert row["explorer_updates"] > 5 and math.isfinite(row["explorer_intrinsic_reward"]), row
+    assert MlflowClient().get_run(res.run_id).data.params["collect.device"] == DEVICE

@@ -71,6 +71,30 @@ def test_update_changes_weights_and_losses_are_finite(tmp_path):
     env.close()
 
 
+def test_a_state_saved_on_another_kind_of_device_loads(tmp_path):
+    """A run killed on a GPU node continues on a CPU one: the augmentation generator's state is device-specific
+    (CUDA's is 16 bytes, the CPU's 5056), so it is seeded again from the restored numpy stream, the same way each
+    time; everything else is restored as saved."""
+    env, ctx, task = _ctx(tmp_path, "pixels")
+    cfg = DrQV2Config(batch_size=8, seed_frames=20, encoder_depth=4, hidden_dim=32, feature_dim=8)
+    m = DrQV2(cfg, ctx)
+    m.on_task_start(task)
+    _fill(m, env, task, 40)
+    m._update()
+    state = m.state_dict()
+    state["torch_gen"] = torch.zeros(16, dtype=torch.uint8)   # the shape of a CUDA generator's state
+    gens = []
+    for _ in range(2):
+        other = DrQV2(cfg, ctx)
+        other.on_task_start(task)
+        other.load_state_dict(state)
+        assert all(torch.equal(a, b) for a, b in zip(m.actor.parameters(), other.actor.parameters()))
+        assert other.grad_updates == m.grad_updates and other.task_agent_steps == m.task_agent_steps
+        gens.append(other.torch_gen.get_state())
+    assert torch.equal(gens[0], gens[1])
+    env.close()
+
+
 def test_drqv2_runs_a_two_task_stream_and_resumes_state(mlflow_uri, tmp_path):
     stream = StreamSpec("drq", (TaskSpec("cartpole-balance", 400), TaskSpec("reach-v3", 400)), EvalSpec(400, 1))
     cfg = RunConfig(stream=stream, method="drqv2", preset="debug", seed=0, video_frames=0,

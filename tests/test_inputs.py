@@ -235,6 +235,17 @@ def test_collect_config_checks_every_option(field, value, words):
         CollectConfig(tasks=("cartpole-balance",), **{field: value}).validate()
 
 
+def test_collect_device_is_checked_for_the_learning_explorers(mlflow_uri, tmp_path):
+    with pytest.raises(HarnessError, match=_re("unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N")):
+        CollectConfig(tasks=("walker-stand",), policies=("icm",), device="tpu").validate()
+    CollectConfig(tasks=("walker-stand",), policies=("random",), device="tpu").validate()   # nothing learns there
+    args = ["--tasks", "walker-stand", "--policies", "icm", "--obs", "proprio", "--episodes", "1"]
+    fails_cleanly(["collect", "data", *args, "--device", "tpu"], "unknown device 'tpu'", root=tmp_path)
+    if not torch.cuda.is_available():
+        fails_cleanly(["collect", "data", *args, "--device", "cuda"], "CUDA is not available here", root=tmp_path)
+    assert not (tmp_path / "data").exists()   # checked before anything is written
+
+
 def test_collect_into_a_file_or_an_unwritable_place_is_one_line(mlflow_uri, tmp_path):
     (tmp_path / "afile").write_text("x")
     args = ["--tasks", "cartpole-balance", "--obs", "proprio", "--episodes", "1"]

@@ -162,6 +162,32 @@ def test_one_writer_per_run(mlflow_uri, tmp_path, monkeypatch):
         _resume(run_id)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_started_on_a_gpu_continues_on_a_cpu_node_with_device(mlflow_uri, tmp_path, monkeypatch):
+    """A run killed on a GPU node and resumed where there is none: the error names --device cpu, which
+    --resume honours; nothing is lost in between."""
+    import json
+
+    from click.testing import CliRunner
+
+    import cli
+    with monkeypatch.context() as m:
+        _kill_at_env_step(m, 130)
+        with pytest.raises(Kill):
+            run_stream(_cfg("drqv2", tmp_path), **QUIET)
+    run_id = _run_id(tmp_path)
+    config = tmp_path / "runs" / run_id / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"device": "cuda"}))   # as a GPU node wrote it
+    res = CliRunner().invoke(cli.main, ["run-stream", "--resume", run_id])
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit), res.output
+    assert "CUDA is not available here; use --device cpu" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli.main, ["run-stream", "--resume", run_id, "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "continuing on --device cpu (the run was started with --device cuda)" in res.output
+    assert f"resuming run {run_id} at task 1" in res.output or f"resuming run {run_id} at task 0" in res.output
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
+
+
 def test_resume_of_a_task_run_names_its_parent(mlflow_uri, tmp_path):
     res = run_stream(_cfg("random", tmp_path), **QUIET)
     client = MlflowClient()

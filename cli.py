@@ -766,8 +766,10 @@ def pretrain_cmd(data: str | None, preset: str, overrides: tuple[str, ...], step
     if resume:
         if data or overrides or out:
             raise HarnessError("--resume continues a run with its own data and config; "
-                               "give only --steps (to extend it) or --threads")
-        res = resume_pretrain(resume, grad_updates=steps, threads=threads or None, echo=click.echo)
+                               "give only --steps (to extend it), --threads or --device")
+        given = click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
+        res = resume_pretrain(resume, grad_updates=steps, threads=threads or None, device=device if given else None,
+                              echo=click.echo)
     else:
         if not data:
             raise HarnessError("give --data DIR (a dataset written by `cli.py collect`, or the ncrl layout)")

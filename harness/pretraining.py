@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,9 +130,11 @@ def _pretrain_dir(target: str, rep: MlflowReporter) -> Path:
 
 
 def resume_pretrain(target: str, *, grad_updates: int | None = None, threads: int | None = None,
-                    echo: Callable[[str], None] = print, reporter: MlflowReporter | None = None) -> PretrainResult:
+                    device: str | None = None, echo: Callable[[str], None] = print,
+                    reporter: MlflowReporter | None = None) -> PretrainResult:
     """Continue a pre-training run: ``target`` is its directory or its MLflow run id.
-    ``grad_updates`` may extend the budget (also of a FINISHED run); ``threads`` replaces its torch thread count."""
+    ``grad_updates`` may extend the budget (also of a FINISHED run); ``threads`` replaces its torch thread count;
+    ``device`` the device it trained on (a run killed on a GPU node continues on a CPU one with ``cpu``)."""
     import torch
 
     from methods.backbone.checkpoint import load
@@ -146,6 +149,8 @@ def resume_pretrain(target: str, *, grad_updates: int | None = None, threads: in
         if grad_updates < 1:
             raise HarnessError(f"--steps must be >= 1, got {grad_updates}")
         cfg = validate_config(dataclasses.replace(cfg, grad_updates=grad_updates))
+    started_on = info.get("device", "cpu")
+    resolve_device(device or started_on)   # a clear error before anything changes (cuda where there is none)
     done = int(load(out_dir / CHECKPOINT_FILE)["grad_updates"])   # a clear error now if missing or corrupt
     if done >= cfg.grad_updates:
         raise HarnessError(f"{out_dir} already finished {done} of {cfg.grad_updates} gradient updates; "
@@ -161,6 +166,10 @@ def resume_pretrain(target: str, *, grad_updates: int | None = None, threads: in
         with guarded(rep, lambda: _hint(out_dir), echo):
             if threads is not None:
                 info["threads"] = int(threads)
+            if device is not None and resolve_device(device) != started_on:
+                info["device"] = resolve_device(device)
+                echo(f"continuing on --device {info['device']} (it was started on {started_on})")
+                rep.set_tags({f"resumed_on_device.{int(time.time())}": info["device"]})
             if info.get("threads", 0) > 0:
                 torch.set_num_threads(info["threads"])
             info["config"] = dataclasses.asdict(cfg)

@@ -84,6 +84,28 @@ def test_resumed_training_matches_uninterrupted_training(dataset_dir, mlflow_uri
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_pretraining_started_on_a_gpu_continues_on_a_cpu_node_with_device(dataset_dir, mlflow_uri, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    from methods.gsa.pretrain import PRETRAIN_FILE
+    res = pretrain(dataset_dir, make_config("debug", {"grad_updates": "3", "openloop_every": "100"}),
+                   out=tmp_path / "pt", seed=5, **QUIET)
+    info = json.loads((res.out / PRETRAIN_FILE).read_text())
+    (res.out / PRETRAIN_FILE).write_text(json.dumps(info | {"device": "cuda"}))   # as a GPU node wrote it
+    out = CliRunner().invoke(cli.main, ["pretrain", "--resume", str(res.out), "--steps", "5"])
+    assert out.exit_code != 0 and isinstance(out.exception, SystemExit), out.output
+    assert "CUDA is not available here; use --device cpu" in out.output and "Traceback" not in out.output
+    assert json.loads((res.out / PRETRAIN_FILE).read_text())["device"] == "cuda"   # nothing changed
+    out = CliRunner().invoke(cli.main, ["pretrain", "--resume", str(res.out), "--steps", "5", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert "continuing on --device cpu (it was started on cuda)" in out.output
+    assert json.loads((res.out / PRETRAIN_FILE).read_text())["device"] == "cpu"
+    assert load_pretrained(res.out)[1]["grad_updates"] == 5
+    assert any(k.startswith("resumed_on_device.") for k in MlflowClient().get_run(res.run_id).data.tags)
+
+
 def test_pretrain_on_proprio_and_on_the_ncrl_layout(dataset_dir, mlflow_uri, tmp_path):
     cfg = make_config("debug", {"grad_updates": "2", "openloop_every": "2"})
     res = pretrain(dataset_dir, cfg, obs_keys=["proprio"], out=tmp_path / "p", **QUIET)

@@ -7,7 +7,16 @@ The recipe is Continual World's (anchors.md section 3) and the paper's (Section 
   still to come), reset the optimizers, retrain the kept weights for a while, reset the optimizers again,
   and freeze them; the pruned weights are handed to the next task;
 - evaluating task k shows only the weights of tasks <= k;
-- the critic is re-initialised at each new task (rewards differ between tasks).
+- the critic is re-initialised at each new task (rewards differ between tasks);
+- the actor has one output layer (head) per task, outside the packed weights (Continual World's
+  ``multihead_archs``; its PackNet leaves the heads alone), and a pruned weight starts the next task at zero
+  (Continual World and Mallya & Lazebnik zero what they prune; avalanche keeps the old value).
+
+Why the heads matter: DrQ-v2's deterministic actor drives its pre-tanh outputs far into saturation (a bang-bang
+policy). With one shared, packed output layer each task inherits the frozen, saturated outputs of the tasks
+before it; from the third task of the Ant stream on, every action was a constant +-1 on every state, tanh gave
+no gradient, and the task never learned (its evaluation scores stayed bit-identical through its own training).
+A fresh head per task starts each task unsaturated.
 
 The masking and pruning machinery is avalanche-lib's (``avalanche.models.packnet``): each Linear and Conv
 layer of the packed network is wrapped in its PackNet module. LayerNorm (the actor trunk's, and the conv
@@ -44,6 +53,7 @@ class PackNetConfig:
     # CW: 100k retrain steps after 1M-step tasks = 10% of the task's updates
     retrain_fraction: float = ranged(0.1, ge=0, le=1)
     reinit_critic: bool = True             # paper Sec. 4.2 / CW: a fresh critic for each task
+    multihead: bool = True                 # CW: `multihead_archs` True, one actor output layer per task, not packed
 
 
 PRESETS: dict[str, dict[str, Any]] = {name: {"base_config": DrQV2Config(**over)} for name, over in DRQ_PRESETS.items()}
@@ -52,6 +62,19 @@ PRESETS: dict[str, dict[str, Any]] = {name: {"base_config": DrQV2Config(**over)}
 def _packnet_modules(root: nn.Module) -> list[Any]:
     from avalanche.models.packnet import PackNetModule
     return [m for m in root.modules() if isinstance(m, PackNetModule)]
+
+
+class TaskHeads(nn.Module):
+    """One output layer per task; ``active`` picks the one the forward pass uses."""
+
+    def __init__(self, like: nn.Linear, n_tasks: int):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(like.in_features, like.out_features, device=like.weight.device)
+                                   for _ in range(n_tasks))
+        self.active = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads[self.active](x)
 
 
 def _wrap_layers(seq: nn.Sequential) -> None:
@@ -79,10 +102,15 @@ class PackNet:
         if b.encoder.conv is not None:
             _wrap_layers(b.encoder.conv.net)
         _wrap_layers(b.actor.trunk)
+        self.heads: TaskHeads | None = None
+        if cfg.multihead:
+            self.heads = TaskHeads(b.actor.policy[-1], len(ctx.task_names))
+            b.actor.policy[-1] = self.heads
         _wrap_layers(b.actor.policy)
         self.packed = _packnet_modules(b.encoder) + _packnet_modules(b.actor)
+        # biases and norms: trained on task 0 only (each head trains with its own task)
         self.shared = [p for m in (b.encoder, b.actor) for name, p in m.named_parameters()
-                       if not name.endswith("wrappee.weight")]  # biases and norms: trained on task 0 only
+                       if not name.endswith("wrappee.weight") and ".heads." not in f".{name}"]
         self.task_updates = 0
         self.current = 0
         self._reset_optimizers()
@@ -91,6 +119,8 @@ class PackNet:
     def _activate(self, task_index: int) -> None:
         for m in self.packed:
             m.activate_task(min(task_index, m.task_count))
+        if self.heads is not None:
+            self.heads.active = task_index
 
     def _reset_optimizers(self) -> None:
         """Fresh Adam states: momentum from earlier steps must not move frozen weights (avalanche's caution)."""
@@ -110,6 +140,9 @@ class PackNet:
                 b.critic = Critic(b.encoder.out_dim, self.ctx.action_dim, self.cfg.base_config.feature_dim,
                                   self.cfg.base_config.hidden_dim).to(b.device)
                 b.critic_target = copy.deepcopy(b.critic).requires_grad_(False)
+        if self.heads is not None:
+            for i, head in enumerate(self.heads.heads):
+                head.requires_grad_(i == task.index)  # earlier heads stay as their task left them
         self._activate(task.index)
         self._reset_optimizers()
         self.base.on_task_start(task)
@@ -144,8 +177,11 @@ class PackNet:
                 self.base._update()
         else:
             retrain = 0
-        for m in self.packed:
-            m.freeze_pruned()
+        with torch.no_grad():
+            for m in self.packed:
+                m.freeze_pruned()
+                w = m.wrappee.weight
+                w.masked_fill_(m.task_index == m.task_count, 0.0)  # the next task's weights start at zero (CW)
         self._reset_optimizers()
         kept = sum(int((m.task_index == task.index).sum()) for m in self.packed)
         total = sum(m.task_index.numel() for m in self.packed)
@@ -164,6 +200,10 @@ class PackNet:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         frozen = state["requires_grad"]
+        if set(frozen) != {name for name, _ in self._trainable()}:
+            heads = "per-task output heads" if self.cfg.multihead else "one shared output layer"
+            raise HarnessError(f"this PackNet checkpoint has other layers than a PackNet with {heads} (made by "
+                               f"an earlier version, or with another `multihead`); start the run again")
         for name, p in self._trainable():
             p.requires_grad_(bool(frozen[name]))
         self._reset_optimizers()  # the optimizers' parameter lists must match the saved states

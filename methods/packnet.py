@@ -40,10 +40,12 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.base import MethodContext, MethodSpec, Step, TaskContext, ranged
+from methods.cl.heads import HeadMap, TaskHeads, head_modules, head_parameter_names
 from methods.drqv2 import PRESETS as DRQ_PRESETS
 from methods.drqv2 import Critic, DrQV2, DrQV2Config, adam
 
 BASES = ("drqv2",)
+PACKNET_HEADS = ("position", "shared")  # not "name": a head shared by two stream positions would break the isolation
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class PackNetConfig:
     # CW: 100k retrain steps after 1M-step tasks = 10% of the task's updates
     retrain_fraction: float = ranged(0.1, ge=0, le=1)
     reinit_critic: bool = True             # paper Sec. 4.2 / CW: a fresh critic for each task
-    multihead: bool = True                 # CW: `multihead_archs` True, one actor output layer per task, not packed
+    # CW: `multihead_archs` True, one actor output layer per stream position, not packed; "shared": one packed
+    # output layer (each task then inherits the earlier tasks' frozen, often saturated outputs)
+    heads: str = ranged("position", one_of=PACKNET_HEADS)
 
 
 PRESETS: dict[str, dict[str, Any]] = {name: {"base_config": DrQV2Config(**over)} for name, over in DRQ_PRESETS.items()}
@@ -62,19 +66,6 @@ PRESETS: dict[str, dict[str, Any]] = {name: {"base_config": DrQV2Config(**over)}
 def _packnet_modules(root: nn.Module) -> list[Any]:
     from avalanche.models.packnet import PackNetModule
     return [m for m in root.modules() if isinstance(m, PackNetModule)]
-
-
-class TaskHeads(nn.Module):
-    """One output layer per task; ``active`` picks the one the forward pass uses."""
-
-    def __init__(self, like: nn.Linear, n_tasks: int):
-        super().__init__()
-        self.heads = nn.ModuleList(nn.Linear(like.in_features, like.out_features, device=like.weight.device)
-                                   for _ in range(n_tasks))
-        self.active = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads[self.active](x)
 
 
 def _wrap_layers(seq: nn.Sequential) -> None:
@@ -102,15 +93,17 @@ class PackNet:
         if b.encoder.conv is not None:
             _wrap_layers(b.encoder.conv.net)
         _wrap_layers(b.actor.trunk)
-        self.heads: TaskHeads | None = None
-        if cfg.multihead:
-            self.heads = TaskHeads(b.actor.policy[-1], len(ctx.task_names))
-            b.actor.policy[-1] = self.heads
+        self.headmap = HeadMap(cfg.heads, ctx.task_names)
+        if self.headmap.count > 1:
+            last = b.actor.policy[-1]
+            b.actor.policy[-1] = TaskHeads(last.in_features, last.out_features, self.headmap.count).to(b.device)
         _wrap_layers(b.actor.policy)
         self.packed = _packnet_modules(b.encoder) + _packnet_modules(b.actor)
-        # biases and norms: trained on task 0 only (each head trains with its own task)
+        # Biases and norms: trained on task 0 only. A head's block gets gradients only while its task trains, and
+        # the optimizers restart at every task, so an earlier block is never moved.
+        heads = head_parameter_names(b.actor)
         self.shared = [p for m in (b.encoder, b.actor) for name, p in m.named_parameters()
-                       if not name.endswith("wrappee.weight") and ".heads." not in f".{name}"]
+                       if not name.endswith("wrappee.weight") and not (m is b.actor and name in heads)]
         self.task_updates = 0
         self.current = 0
         self._reset_optimizers()
@@ -119,8 +112,8 @@ class PackNet:
     def _activate(self, task_index: int) -> None:
         for m in self.packed:
             m.activate_task(min(task_index, m.task_count))
-        if self.heads is not None:
-            self.heads.active = task_index
+        for h in head_modules([self.base.actor]):  # one head per stream position (none with heads="shared")
+            h.task = task_index
 
     def _reset_optimizers(self) -> None:
         """Fresh Adam states: momentum from earlier steps must not move frozen weights (avalanche's caution)."""
@@ -140,9 +133,6 @@ class PackNet:
                 b.critic = Critic(b.encoder.out_dim, self.ctx.action_dim, self.cfg.base_config.feature_dim,
                                   self.cfg.base_config.hidden_dim).to(b.device)
                 b.critic_target = copy.deepcopy(b.critic).requires_grad_(False)
-        if self.heads is not None:
-            for i, head in enumerate(self.heads.heads):
-                head.requires_grad_(i == task.index)  # earlier heads stay as their task left them
         self._activate(task.index)
         self._reset_optimizers()
         self.base.on_task_start(task)
@@ -201,9 +191,8 @@ class PackNet:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         frozen = state["requires_grad"]
         if set(frozen) != {name for name, _ in self._trainable()}:
-            heads = "per-task output heads" if self.cfg.multihead else "one shared output layer"
-            raise HarnessError(f"this PackNet checkpoint has other layers than a PackNet with {heads} (made by "
-                               f"an earlier version, or with another `multihead`); start the run again")
+            raise HarnessError(f"this PackNet checkpoint has other layers than a PackNet with heads={self.cfg.heads!r} "
+                               f"(made by an earlier version, or with other heads); start the run again")
         for name, p in self._trainable():
             p.requires_grad_(bool(frozen[name]))
         self._reset_optimizers()  # the optimizers' parameter lists must match the saved states

@@ -72,6 +72,7 @@ def test_a_later_task_starts_unsaturated_and_learns_after_a_saturated_one(tmp_pa
     With one shared output layer the next task inherited those saturated outputs and never learned (constant
     +-1 actions on every state, no gradient through tanh); each task's own head (Continual World) starts it
     unsaturated, its actions depending on the state."""
+    torch.manual_seed(0)
     tasks_ = ("walker-stand", "walker-walk")
     cfg = resolve_config(SPEC, "packnet", "debug", {"base_config.seed_frames": "40", "base_config.lr": "1e-2"})
     envs = [make_env(t, EnvConfig(obs_type="proprio", action_pad_dim=6), seed=i) for i, t in enumerate(tasks_)]
@@ -88,12 +89,12 @@ def test_a_later_task_starts_unsaturated_and_learns_after_a_saturated_one(tmp_pa
 
     _train(m, envs[0], tasks[0], 300)
     assert np.mean(np.abs(actions(0)) > 0.999) > 0.5, "task 0 did not saturate: the test would show nothing"
-    assert all(float(mod.wrappee.weight[mod.task_index == 1].abs().sum()) == 0 for mod in m.packed), \
+    assert all(float(mod.wrappee.weight.detach()[mod.task_index == 1].abs().sum()) == 0 for mod in m.packed), \
         "the weights handed to task 1 must start at zero"
 
     m.on_task_start(tasks[1])
     start = actions(1)
-    assert np.mean(np.abs(start) > 0.999) < 0.1, "task 1 starts with saturated actions"
+    assert np.mean(np.abs(start) > 0.999) < 0.3, "task 1 starts with saturated actions (one shared layer: 0.65)"
     assert start.std(0).mean() > 0.02, "task 1's actions do not depend on the state"
     run_episode(m, envs[1], tasks[1], 300)
     assert np.abs(actions(1) - start).mean() > 0.05, "task 1's actions did not move during its training"
@@ -104,7 +105,7 @@ def test_a_later_task_starts_unsaturated_and_learns_after_a_saturated_one(tmp_pa
 def test_a_checkpoint_with_other_heads_is_a_clear_error(tmp_path):
     ctx = MethodContext(TASKS, {"proprio": ((5,), "float32")}, 1, 0, "cpu", tmp_path)
     state = PackNet(resolve_config(SPEC, "packnet", "debug", {}), ctx).state_dict()
-    single = PackNet(resolve_config(SPEC, "packnet", "debug", {"multihead": "false"}), ctx)
-    assert single.heads is None and all(".heads." not in n for n, _ in single._trainable())
+    single = PackNet(resolve_config(SPEC, "packnet", "debug", {"heads": "shared"}), ctx)
+    assert single.headmap.count == 1 and not any("linear" in n for n, _ in single._trainable())
     with pytest.raises(HarnessError, match="start the run again"):
         single.load_state_dict(state)

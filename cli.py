@@ -136,6 +136,11 @@ def _check_options(*options: tuple[str, int | None, int]) -> None:
             check_int(value, option, low, high.get(option, MAX_INT))
 
 
+def _given(option: str) -> bool:
+    """Whether ``option`` was given on the command line (not left at its default)."""
+    return click.get_current_context().get_parameter_source(option) != click.core.ParameterSource.DEFAULT
+
+
 def _parse_overrides(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     out = []
     for item in items:
@@ -197,7 +202,7 @@ def run_stream_cmd(stream: str | None, method_name: str, seed: int, preset: str 
         import dataclasses
         if threads:
             cfg = dataclasses.replace(cfg, torch_threads=threads)
-        if click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT:
+        if _given("device"):
             if device != cfg.device:   # e.g. a run killed on a GPU node, continued on a CPU one
                 click.echo(f"continuing on --device {device} (the run was started with --device {cfg.device})")
             cfg = dataclasses.replace(cfg, device=device)
@@ -767,9 +772,8 @@ def pretrain_cmd(data: str | None, preset: str, overrides: tuple[str, ...], step
         if data or overrides or out:
             raise HarnessError("--resume continues a run with its own data and config; "
                                "give only --steps (to extend it), --threads or --device")
-        given = click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
-        res = resume_pretrain(resume, grad_updates=steps, threads=threads or None, device=device if given else None,
-                              echo=click.echo)
+        res = resume_pretrain(resume, grad_updates=steps, threads=threads or None,
+                              device=device if _given("device") else None, echo=click.echo)
     else:
         if not data:
             raise HarnessError("give --data DIR (a dataset written by `cli.py collect`, or the ncrl layout)")

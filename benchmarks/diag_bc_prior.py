@@ -61,6 +61,11 @@ class ActionRecorder:
         import numpy as np
         return float(np.concatenate(self.actions).std(0).mean())
 
+    def saturated(self) -> float:
+        """The share of action entries at the bounds (|a| > 0.999): 1.0 is a bang-bang policy."""
+        import numpy as np
+        return float((np.abs(np.concatenate(self.actions)) > 0.999).mean())
+
 
 def diagnose(ref: str, episodes: int) -> dict:
     import torch

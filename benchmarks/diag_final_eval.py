@@ -12,6 +12,11 @@ first episodes are those of the run's last evaluation (the policy's sampled late
 by the run's seed, so the numbers repeat on every call). The run's folder is only read (its replays are
 reloaded as a resume reloads them); nothing is written to MLflow; the table is printed (and saved with
 ``--out``).
+
+Beside each score: the share of the policy's action entries at the bounds (|a| > 0.999, on the embodiment's
+own dims) and the actions' spread over the evaluation's states (the mean per-dim standard deviation). A
+deterministic actor-critic whose tanh outputs have saturated shows 1.0 and a spread near 0: the same
+action on every state, and no gradient through tanh to change it.
 """
 from __future__ import annotations
 
@@ -24,11 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.diag_bc_prior import run_dir_of, show  # noqa: E402
+from benchmarks.diag_bc_prior import ActionRecorder, run_dir_of, show  # noqa: E402
 
 
 def final_eval(ref: str, episodes: int, draws: int = 1) -> dict:
-    """``{"run", "method", "seed", "episodes", "tasks": {task: {"score", "return", "success"}}}`` of ``ref``'s
+    """``{"run", "method", "seed", "episodes", "tasks": {task: {"score", "return", "success", "saturated",
+    "action_std"}}}`` of ``ref``'s
     final policy (an MLflow run id or a checkpoint directory) over ``episodes`` evaluation episodes per task.
     ``draws`` > 1: the same evaluation repeated with the policy's latents drawn from seeds seed, seed + 1, ...
     (the same env episodes each time); each task then also has ``draws``: every draw's score, and ``score`` is
@@ -57,13 +63,14 @@ def final_eval(ref: str, episodes: int, draws: int = 1) -> dict:
     import torch
     out = {}
     for i, info in enumerate(infos):
-        results = []
+        results, actor = [], ActionRecorder(method)
         for d in range(draws):
             torch.manual_seed(cfg.seed + d)   # the policy's sampled latents: the same numbers on every call
-            results.append(evaluate(method, _task_ctx(i, cfg, info, _mask(info, cfg.env.action_pad_dim)), info,
-                                    cfg.env, episodes, cfg.seed))
+            results.append(evaluate(actor if d == 0 else method, _task_ctx(i, cfg, info, _mask(info, cfg.env.action_pad_dim)),
+                                    info, cfg.env, episodes, cfg.seed))
         res = results[0]
-        out[info.name] = {"score": res.score, "return": res.mean_return, "success": res.success_rate}
+        out[info.name] = {"score": res.score, "return": res.mean_return, "success": res.success_rate,
+                          "saturated": actor.saturated(), "action_std": actor.spread()}
         if draws > 1:
             out[info.name]["draws"] = [r.score for r in results]
     return {"run": ref, "method": cfg.method, "seed": cfg.seed, "episodes": episodes, "tasks": out}
@@ -91,12 +98,13 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     lines = [f"Final policies evaluated again, {a.episodes} episodes per task (the run's own evaluation seeds first); "
              "score 0-100 (DMC return/10, Meta-World success x 100)", "",
-             "| run | method | seed | task | score |" + (f" over {a.draws} draws: mean | min | max | draws |" if a.draws > 1
-                                                        else ""),
-             "|---|---|---|---|---|" + ("---|---|---|---|" if a.draws > 1 else "")]
+             "| run | method | seed | task | score | actions at +-1 | action spread |"
+             + (f" over {a.draws} draws: mean | min | max | draws |" if a.draws > 1 else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|---|---|" if a.draws > 1 else "")]
     for r in rows:
         for t, v in r["tasks"].items():
-            row = f"| {Path(r['run']).name[:8]} | {r['method']} | {r['seed']} | {t} | {v['score']:.1f} |"
+            row = (f"| {Path(r['run']).name[:8]} | {r['method']} | {r['seed']} | {t} | {v['score']:.1f} | "
+                   f"{v['saturated']:.2f} | {v['action_std']:.3f} |")
             if "draws" in v:
                 x = v["draws"]
                 row += f" {sum(x) / len(x):.1f} | {min(x):.1f} | {max(x):.1f} | {' '.join(f'{y:.1f}' for y in x)} |"

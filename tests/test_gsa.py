@@ -135,6 +135,7 @@ def test_gsa_stream_logs_retrieval_bc_and_guidance_to_mlflow(mlflow_uri, pretrai
     again = final_eval(str(res.run_dir), episodes=1)
     assert set(again["tasks"]) == {"walker-stand", "reach-v3"} and again["method"] == "gsa"
     assert all(0 <= v["score"] <= 100 and np.isfinite(v["return"]) for v in again["tasks"].values())
+    assert all(0 <= v["saturated"] <= 1 and 0 <= v["action_std"] <= 1 for v in again["tasks"].values())
     assert final_eval(str(res.run_dir), episodes=1)["tasks"] == again["tasks"]
     half = tmp_path / "half"   # a checkpoint taken before the last task ended is not the final policy: refused
     shutil.copytree(res.run_dir, half)

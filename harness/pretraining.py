@@ -150,7 +150,7 @@ def resume_pretrain(target: str, *, grad_updates: int | None = None, threads: in
             raise HarnessError(f"--steps must be >= 1, got {grad_updates}")
         cfg = validate_config(dataclasses.replace(cfg, grad_updates=grad_updates))
     started_on = info.get("device", "cpu")
-    target = resolve_device(device or started_on)   # a clear error before anything changes (cuda where there is none)
+    new_device = resolve_device(device or started_on)   # a clear error now if cuda is asked where there is none
     done = int(load(out_dir / CHECKPOINT_FILE)["grad_updates"])   # a clear error now if missing or corrupt
     if done >= cfg.grad_updates:
         raise HarnessError(f"{out_dir} already finished {done} of {cfg.grad_updates} gradient updates; "
@@ -166,8 +166,8 @@ def resume_pretrain(target: str, *, grad_updates: int | None = None, threads: in
         with guarded(rep, lambda: _hint(out_dir), echo):
             if threads is not None:
                 info["threads"] = int(threads)
-            if device is not None and target != started_on:
-                info["device"] = target
+            if device is not None and new_device != started_on:
+                info["device"] = new_device
                 echo(f"continuing on --device {info['device']} (it was started on {started_on})")
                 rep.set_tags({f"resumed_on_device.{int(time.time())}": info["device"]})
             if info.get("threads", 0) > 0:

@@ -322,8 +322,8 @@ def summarize(tasks: list[str], methods: list[str], seeds: list[int], frames: in
         for k in ("seeds", "final", "auc", "run_ids"):
             c[k] = [c[k][i] for i in order]
     lost = recorded_tasks()
-    out = {"sweep": SWEEP, "commit": git_commit(), "frames_per_task": frames, "preset": a.preset, "obs": "proprio",
-           "seeds_planned": seeds, "methods": methods, "final_again_episodes": a.final_episodes, "tasks": {}}
+    out = {"sweep": SWEEP, "sweep_id": SWEEP, "commit": git_commit(), "frames_per_task": frames, "preset": a.preset,
+           "obs": "proprio", "seeds_planned": seeds, "methods": methods, "final_again_episodes": a.final_episodes, "tasks": {}}
     for t in tasks:
         entry: dict = {"methods": {}}
         if digests.get(t):   # one generalist per task unless the sweep was run with --new-generalist

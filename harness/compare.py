@@ -210,9 +210,11 @@ def _ci(values: np.ndarray) -> tuple[float, float]:
 
 def summarize(groups: dict[str, list[RunData]], task_names: list[str], reps: int = 2000,
               reference: tuple[np.ndarray, list[str]] | None = None) -> list[dict[str, Any]]:
-    """One row per method: average performance, forgetting and forward transfer (mean over runs with 90%
-    bootstrap CIs), IQM and optimality gap of the final scores (95% stratified bootstrap CIs), the final
-    score per task; ``reference`` (the multi-task runs' final scores and seeds) adds its row last."""
+    """One row per method: average performance, forgetting, forward transfer, just-trained performance (each
+    task at the end of its own training) and AUC (each task's curve during its own training; both what the GSA
+    paper's Fig. 5 shows) as means over runs with 90% bootstrap CIs, IQM and optimality gap of the final scores
+    (95% stratified bootstrap CIs), the final score per task; ``reference`` (the multi-task runs' final scores
+    and seeds) adds its row last."""
     from rliable import library as rly
     from rliable import metrics as rm
 
@@ -225,13 +227,16 @@ def summarize(groups: dict[str, list[RunData]], task_names: list[str], reps: int
     per_method = {m: (np.array([metrics.average_performance(d.R) for d in runs]),
                       np.array([metrics.forgetting(d.R) for d in runs]),
                       np.array([d.run_metrics.get("cl/forward_transfer", np.nan) for d in runs]),
+                      np.array([metrics.just_trained(d.R) for d in runs]),
+                      np.array([d.run_metrics.get("cl/auc", np.nan) for d in runs]),
                       sorted(d.seed for d in runs)) for m, runs in sorted(groups.items())}
     if reference is not None:
         nan = np.full(len(reference[1]), np.nan)
-        per_method[REFERENCE] = (reference[0].mean(1), nan, nan, sorted(reference[1]))
-    for m, (ap, fg, ft, seeds) in per_method.items():
+        per_method[REFERENCE] = (reference[0].mean(1), nan, nan, nan, nan, sorted(reference[1]))
+    for m, (ap, fg, ft, jt, au, seeds) in per_method.items():
         row: dict[str, Any] = {"method": m, "runs": len(seeds), "seeds": ",".join(seeds)}
-        for name, v in (("avg_performance", ap), ("forgetting", fg), ("forward_transfer", ft)):
+        for name, v in (("avg_performance", ap), ("forgetting", fg), ("forward_transfer", ft),
+                        ("just_trained", jt), ("auc", au)):
             lo, hi = _ci(v)
             row |= {name: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
                     f"{name}_ci_low": lo, f"{name}_ci_high": hi}
@@ -362,9 +367,11 @@ def compare(stream: str, methods: list[str] | None = None, seeds: list[int] | No
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    md = (f"# {stream}\n\n{comp.markdown()}\n\nMeans over runs; CIs: average performance, forgetting and forward "
-          f"transfer {CL_CONFIDENCE:.0%} bootstrap (Continual World), IQM and optimality gap 95% stratified bootstrap "
-          "(rliable); scores are fractions (final: 0-100).\n")
+    md = (f"# {stream}\n\n{comp.markdown()}\n\nMeans over runs; CIs: average performance, forgetting, forward "
+          f"transfer, just_trained and auc {CL_CONFIDENCE:.0%} bootstrap (Continual World), IQM and optimality gap 95% "
+          "stratified bootstrap (rliable); scores are fractions (final: 0-100). just_trained: each task's score at "
+          "the end of its own training (mean of R's diagonal); auc: the mean of each task's evaluations during its "
+          "own training.\n")
     if ref is not None:
         md += (f"\n`ref:*` rows and dashed curves: the reference results in `{ref['path']}` (commit "
                f"{str(ref.get('commit'))[:12]}, sweep {ref.get('sweep')}), made with the same stream and settings.\n")

@@ -31,6 +31,13 @@ def forgetting(R: np.ndarray) -> float:
     return float(forgetting_per_task(R).mean())
 
 
+def just_trained(R: np.ndarray) -> float:
+    """Mean over tasks of the performance at the end of each task's own training: mean_i R[i, i]. Plasticity
+    without forgetting: how well each task was learnt when it was learnt (Riemer et al. 2019's "learning
+    accuracy"); the GSA paper's Fig. 5 compares the methods by each task's returns during its own training."""
+    return float(np.diag(_square(R)).mean())
+
+
 def auc(curve: np.ndarray) -> float:
     """Area under a task's own training curve, as the mean of its evaluation scores in that window."""
     curve = np.asarray(curve, dtype=np.float64)
@@ -71,7 +78,8 @@ def summarize(R: np.ndarray, curves: list[np.ndarray] | None = None,
               ref_aucs: np.ndarray | None = None) -> dict[str, float]:
     """All stream-level metrics in one dict (keys are MLflow metric names)."""
     R = _square(R)
-    out = {"cl/average_performance": average_performance(R), "cl/forgetting": forgetting(R)}
+    out = {"cl/average_performance": average_performance(R), "cl/forgetting": forgetting(R),
+           "cl/just_trained": just_trained(R)}
     if curves is not None:
         aucs = np.array([auc(c) for c in curves])
         out["cl/auc"] = float(aucs.mean())

@@ -28,6 +28,10 @@ def test_compare_writes_table_plots_and_mlflow_run(mlflow_uri, tmp_path):
     assert row["method"] == "random" and row["runs"] == 2 and row["seeds"] == "0,1"
     assert 0 <= row["iqm_ci_low"] <= row["iqm"] <= row["iqm_ci_high"] <= 1
     assert 0 <= row["avg_performance"] <= 1 and "final 1-walker-stand" in row
+    # each task when it was learnt, and its curve during its own training (the paper's Fig. 5 measures)
+    for name in ("just_trained", "auc"):
+        assert row[f"{name}_ci_low"] <= row[name] <= row[f"{name}_ci_high"] and 0 <= row[name] <= 1, (name, row)
+    assert row["just_trained"] - row["avg_performance"] == pytest.approx(row["forgetting"])
     assert any(odd.run_id in e and "run.env.action_repeat" in e for e in comp.excluded)
     for name in ("comparison.csv", "comparison.md", "learning_curves.png", "R_matrices.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0

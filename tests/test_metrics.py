@@ -24,6 +24,12 @@ def test_no_forgetting_when_performance_is_kept():
     assert M.average_performance(R2) == 1.0
 
 
+def test_just_trained_is_the_mean_of_the_diagonal():
+    assert M.just_trained(R) == pytest.approx((0.8 + 0.9 + 1.0) / 3)
+    # kept performance and just-trained performance part when a method forgets
+    assert M.just_trained(R) - M.average_performance(R) == pytest.approx(M.forgetting(R))
+
+
 def test_negative_forgetting_means_backward_transfer():
     R2 = np.array([[0.2, 0.0], [0.7, 0.5]])
     assert M.forgetting(R2) == pytest.approx((0.2 - 0.7) / 2)
@@ -61,4 +67,5 @@ def test_summarize_keys():
     out = M.summarize(R, curves=[np.array([0.4, 0.8]), np.array([0.9]), np.array([1.0])],
                       ref_aucs=np.array([0.6, np.nan, np.nan]))
     assert out["cl/average_performance"] == pytest.approx(2 / 3)
+    assert out["cl/just_trained"] == pytest.approx(0.9)
     assert out["cl/forward_transfer"] == pytest.approx((0.6 - 0.6) / 0.4)

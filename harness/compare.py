@@ -320,6 +320,10 @@ def _reference_rows(ref: dict[str, Any], columns: list[str]) -> list[dict[str, A
     rows = []
     for m, entry in sorted(ref["methods"].items()):
         row = {c: entry.get("row", {}).get(c, float("nan")) for c in columns}
+        if "just_trained" not in entry.get("row", {}) and entry.get("R"):   # a reference made before the column
+            jt = np.array([metrics.just_trained(np.asarray(R, np.float64) / 100.0) for R in entry["R"]])
+            lo, hi = _ci(jt)
+            row |= {"just_trained": float(jt.mean()), "just_trained_ci_low": lo, "just_trained_ci_high": hi}
         rows.append(row | {"method": f"ref:{m}"})
     return rows
 

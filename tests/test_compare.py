@@ -115,6 +115,13 @@ def test_reference_results_round_trip_and_refuse_other_settings(mlflow_uri, tmp_
     assert [r["method"] for r in again.rows] == ["random", "ref:random"]
     assert again.rows[1]["avg_performance"] == made.rows[0]["avg_performance"]
     assert "ref:*" in (tmp_path / "b" / "comparison.md").read_text()
+    # a reference made before the just_trained column: derived from its R matrices
+    old = json.loads(ref_file.read_text())
+    for k in ("just_trained", "just_trained_ci_low", "just_trained_ci_high"):
+        del old["methods"]["random"]["row"][k]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    before = compare("cmp", out_dir=tmp_path / "b1", reference=str(tmp_path / "old.json")).rows[1]
+    assert before["just_trained"] == pytest.approx(made.rows[0]["just_trained"], abs=1e-4)   # R stored to 0.01
     ref["methods"]["dreamer"] = ref["methods"]["random"]   # a reference of more methods than the user compares
     ref_file.write_text(json.dumps(ref))
     assert [r["method"] for r in compare("cmp", out_dir=tmp_path / "b2", reference=str(ref_file)).rows] == \

@@ -259,7 +259,7 @@ def runs_list(experiment: str | None, status: str | None, stale_after: float | N
     """Parent runs, newest first, with their status and, for RUNNING ones, whether the process lives."""
     import time
 
-    from harness.lifecycle import STALE_AFTER_S, liveness
+    from harness.lifecycle import STALE_AFTER_S, checkpointed, liveness
     from harness.reporting import MlflowReporter
     rep = MlflowReporter()
     rows = []
@@ -268,9 +268,9 @@ def runs_list(experiment: str | None, status: str | None, stale_after: float | N
         exp = rep.client.get_experiment(r.info.experiment_id).name
         state = r.info.status if lv.state == "ended" else f"RUNNING ({lv.state})"
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.info.start_time / 1000))
-        rows.append((r.info.run_id, exp, r.info.run_name or "", state, started,
+        rows.append((r.info.run_id, exp, r.info.run_name or "", state, started, checkpointed(r),
                      "" if lv.state == "ended" else lv.reason))
-    _table(rows, ("run", "experiment", "name", "status", "started", "process"))
+    _table(rows, ("run", "experiment", "name", "status", "started", "checkpointed env frames", "process"))
     dead = sum(1 for r in rows if r[3] == "RUNNING (dead)")
     if dead:
         click.echo(f"{dead} dead run(s): continue one with `run-stream --resume RUN_ID`, or mark them KILLED "
@@ -463,7 +463,8 @@ def sweep_run(streams: str | None, sweep_file: str | None, methods: str | None, 
 @click.argument("sweep_id", metavar="SWEEP")
 @click.option("--json", "as_json", is_flag=True)
 def sweep_status(sweep_id: str, as_json: bool) -> None:
-    """Runs of SWEEP per state and per method, and the failed jobs with their last error line."""
+    """Runs of SWEEP per state and per method; the running jobs, and the failed ones with their last error line, each
+    with where its checkpoint stands (global env frames of its budget)."""
     import json
 
     from harness.sweep import status
@@ -474,8 +475,15 @@ def sweep_status(sweep_id: str, as_json: bool) -> None:
     click.echo(f"sweep {sweep_id}: {st['runs']} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(st["states"].items())))
     states = sorted(st["states"])
     _table([(m, *(str(c.get(s, 0)) for s in states)) for m, c in st["methods"].items()], ("method", *states))
+    def where(job: dict) -> str:
+        at = job["checkpointed_env_frames"]
+        return f"checkpointed at {at} env frames" if at else "no checkpoint recorded"
+
+    for j in st["running"]:
+        click.echo(f"{j['status']}: {j['run_id']} ({j['stream']}, {j['method']}, seed {j['seed']}): {where(j)}")
     for f in st["failed"]:
-        click.echo(f"{f['status']}: {f['run_id']} ({f['stream']}, {f['method']}, seed {f['seed']}): {f['error']}")
+        click.echo(f"{f['status']}: {f['run_id']} ({f['stream']}, {f['method']}, seed {f['seed']}): {f['error']}; "
+                   f"{where(f)}")
 
 
 @main.command("tracking-server")

@@ -115,6 +115,18 @@ def heartbeat_tags() -> dict[str, str]:
             "heartbeat.pid_start": _pid_start(pid), "heartbeat.time": str(int(time.time()))}
 
 
+CHECKPOINT_FRAMES_TAG = "checkpoint.env_frames"   # a run-stream run's global env frames at its last checkpoint
+
+
+def checkpointed(run: Any) -> str:
+    """Where a resume of a run-stream ``run`` continues, of its budget: '40,000/120,000' global env frames
+    (tags ``checkpoint.env_frames`` and ``budget_frames``); '' for other runs and before the first checkpoint."""
+    done, budget = run.data.tags.get(CHECKPOINT_FRAMES_TAG), run.data.tags.get("budget_frames")
+    if not (done or "").isdigit():
+        return ""
+    return f"{int(done):,}/{int(budget):,}" if (budget or "").isdigit() else f"{int(done):,}"
+
+
 @dataclass(frozen=True)
 class Liveness:
     state: str       # "alive", "dead", or "ended" (not RUNNING)

@@ -30,7 +30,7 @@ from harness.config import RunConfig
 from harness.errors import HarnessError, NonFiniteLossError
 from harness.evaluation import evaluate
 from harness.launch import run_key
-from harness.lifecycle import RunLock, Terminated, check_writable_dir, guarded, sigterm_checkpoints
+from harness.lifecycle import CHECKPOINT_FRAMES_TAG, RunLock, Terminated, check_writable_dir, guarded, sigterm_checkpoints
 from harness.provenance import auto_threads, git_commit, machine_tags, resolve_device, rng_state, seed_everything, set_rng_state
 from harness.reporting import PARENT, TASK, MlflowReporter, flatten, ui_command
 from methods import METHODS
@@ -160,6 +160,7 @@ class _Run:
         checkpoint.save(self.run_dir / checkpoint.CHECKPOINT_FILE,
                         {"progress": dataclasses.asdict(self.p), "method": self.method.state_dict(),
                          "act_state": checkpoint.to_plain(self.act_state), "rng": rng_state()})
+        self.rep.set_tags({CHECKPOINT_FRAMES_TAG: str(self.p.global_env_frames)})   # `runs list`, `sweep status`
 
     # -- evaluation on every task of the stream
     def evaluate_all(self, video_for: int | None = None) -> list[float]:

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from harness.errors import HarnessError
 from harness.launch import CLI, RunOptions, run_key
-from harness.lifecycle import liveness
+from harness.lifecycle import checkpointed, liveness
 from harness.reporting import STORE_ENV
 
 BACKENDS = ("local", "ray", "slurm")
@@ -663,16 +663,20 @@ def status(sweep: str, uri: str | None = None) -> dict[str, Any]:
         raise HarnessError(f"no runs of sweep {sweep!r} in {rep.uri}")
     per_state: Counter[str] = Counter()
     per_method: dict[str, Counter[str]] = defaultdict(Counter)
-    failed = []
+    failed, running = [], []
     for r in runs:
         s = r.info.status
         if s == "RUNNING":
             s = f"RUNNING ({liveness(r).state})"
         per_state[s] += 1
         per_method[r.data.tags.get("method", "?")][s] += 1
-        if s not in ("FINISHED", "RUNNING (alive)"):
-            failed.append({"run_id": r.info.run_id, "method": r.data.tags.get("method"), "seed": r.data.tags.get("seed"),
-                           "stream": r.data.tags.get("stream"), "status": s,
-                           "error": r.data.tags.get("error", "(no error recorded: killed)")})
+        if s == "FINISHED":
+            continue
+        job = {"run_id": r.info.run_id, "method": r.data.tags.get("method"), "seed": r.data.tags.get("seed"),
+               "stream": r.data.tags.get("stream"), "status": s, "checkpointed_env_frames": checkpointed(r)}
+        if s == "RUNNING (alive)":
+            running.append(job)
+        else:
+            failed.append(job | {"error": r.data.tags.get("error", "(no error recorded: killed)")})
     return {"sweep": sweep, "runs": len(runs), "states": dict(per_state),
-            "methods": {m: dict(c) for m, c in sorted(per_method.items())}, "failed": failed}
+            "methods": {m: dict(c) for m, c in sorted(per_method.items())}, "running": running, "failed": failed}

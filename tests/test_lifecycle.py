@@ -89,6 +89,11 @@ def test_sigkill_sigterm_and_resume_with_real_processes(mlflow_uri, tmp_path):
     runner = CliRunner()
     out = runner.invoke(cli.main, ["runs", "list"])
     assert out.exit_code == 0 and run_id in out.output and "RUNNING (dead)" in out.output, out.output
+    # where a resume continues: the last checkpoint's global env frames (the tag may trail a checkpoint written
+    # just before the kill), of the budget
+    at = int(run.data.tags["checkpoint.env_frames"])
+    assert 0 <= at <= checkpoint.load(tmp_path / "runs" / run_id / "checkpoint.pt")["progress"]["global_env_frames"]
+    assert f"{at:,}/18,000" in out.output, out.output
     out = runner.invoke(cli.main, ["compare", "life", "--out", str(tmp_path / "cmp")])
     assert out.exit_code == 0, out.output
     assert f"excluded: {run_id} (random, seed 7): dead: RUNNING in MLflow but process" in out.output, out.output

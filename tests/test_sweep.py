@@ -82,6 +82,7 @@ def test_ray_grid_survives_a_killed_job_and_reruns_start_nothing(mlflow_uri, tmp
     assert len(logs) == 2                                                      # both attempts' stdout/stderr
     st = status("ray-test")
     assert st["states"] == {"FINISHED": 4} and st["methods"]["drqv2"] == {"FINISHED": 2}
+    assert st["running"] == [] and st["failed"] == []
 
 
 def test_submitit_local_executor_runs_the_grid(mlflow_uri, tmp_path):
@@ -242,6 +243,13 @@ def test_sigterm_to_the_driver_stops_its_jobs_and_a_rerun_continues_them(mlflow_
             os.kill(pid, 0)
     parents = _parents(mlflow_uri, "stop-test")
     assert len(parents) == 2 and {r.info.status for r in parents} == {"KILLED"}, [r.info.status for r in parents]
+    # `sweep status` lists them with where each will continue: its checkpoint's global env frames, of the budget
+    shown = CliRunner().invoke(cli.main, ["sweep", "status", "stop-test"])
+    assert shown.exit_code == 0, shown.output
+    for r in parents:
+        at = int(client.get_run(r.info.run_id).data.tags["checkpoint.env_frames"])
+        assert f"KILLED: {r.info.run_id} (quick, random, seed " in shown.output, shown.output
+        assert f"checkpointed at {at:,}/300,000 env frames" in shown.output, shown.output
     # The same command again continues both runs (its --dry-run says what it would do).
     again = subprocess.run(argv + ["--dry-run"], env=os.environ | {"MLFLOW_TRACKING_URI": mlflow_uri}, text=True,
                            capture_output=True, cwd=tmp_path, check=True).stdout

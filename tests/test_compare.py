@@ -146,3 +146,30 @@ def test_a_bad_reference_is_named_before_the_runs_are_looked_for(mlflow_uri):
     """`compare STREAM --reference X` with a wrong X says so, even where STREAM has no finished runs yet."""
     with pytest.raises(HarnessError, match="no reference 'nope'"):
         compare("quick", reference="nope")
+
+
+def test_packnet_gsa_ratio_is_taken_on_the_adaptation_measures(tmp_path):
+    """The paper's 20-60% (Fig. 5) is about returns while each task trains: the Ant benchmark's ratio is given on
+    just_trained and auc first, then on the average after the stream; a table without those columns says n/a."""
+    import csv
+
+    from benchmarks.bench_ant import packnet_gsa_ratio
+    rows = [{"method": "gsa", "seeds": "0", "avg_performance": 0.2, "just_trained": 0.4, "auc": 0.5,
+             "final 0-quadruped-stand": 20.0},
+            {"method": "packnet", "seeds": "0,1", "avg_performance": 0.3, "just_trained": 0.1, "auc": 0.25,
+             "final 0-quadruped-stand": 30.0}]
+
+    def table(name: str, drop: tuple[str, ...] = ()):
+        path = tmp_path / name
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k not in drop])
+            w.writeheader()
+            w.writerows({k: v for k, v in r.items() if k not in drop} for r in rows)
+        return path
+
+    text = packnet_gsa_ratio(table("comparison.csv"))
+    assert "just_trained 25% (0.100 / 0.400), auc 50% (0.250 / 0.500)" in text, text
+    assert "avg_performance 150%" in text and "quadruped-stand 150%" in text and "packnet 0,1" in text, text
+    older = packnet_gsa_ratio(table("old.csv", drop=("just_trained", "auc")))   # a table from before the columns
+    assert "just_trained n/a, auc n/a" in older and "avg_performance 150%" in older, older
+    assert packnet_gsa_ratio(tmp_path / "missing.csv") is None

@@ -27,6 +27,18 @@ class _Group(click.Group):
             term = isinstance(exc, Terminated)
             click.secho("terminated (SIGTERM)" if term else "interrupted", fg="red", err=True)
             sys.exit(143 if term else 130)
+        except Exception as exc:
+            from harness.errors import STORE_UNREACHABLE_EXIT, unreachable_store
+            cause = unreachable_store(exc)
+            if cause is None:
+                raise
+            where = os.environ.get("MLFLOW_TRACKING_URI") or "the tracking store"
+            first = str(cause).splitlines()[0][:300] if str(cause) else type(cause).__name__
+            click.secho(f"error: the MLflow tracking server {where} cannot be reached ({first}). What it recorded "
+                        "stays; a run that was training keeps its last checkpoint: when the server is back, continue "
+                        "it with `python cli.py run-stream --resume RUN_ID` (`python cli.py runs gc` ends runs "
+                        "left RUNNING)", fg="red", err=True)
+            sys.exit(STORE_UNREACHABLE_EXIT)
 
 
 def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:

@@ -30,3 +30,23 @@ def check_int(value: object, what: str, low: int, high: int = MAX_INT) -> int:
     if value > high:
         raise HarnessError(f"{what} must be <= {high}, got {value}")
     return value
+
+
+STORE_UNREACHABLE_EXIT = 75   # EX_TEMPFAIL: the tracking server is down; `sweep` retries, the user may wait and rerun
+
+
+def unreachable_store(exc: BaseException) -> BaseException | None:
+    """The connection error under ``exc`` (its cause/context chain) when a network peer (the MLflow tracking
+    server, the only one a run talks to) cannot be reached; None for any other error."""
+    try:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+    except ImportError:             # requests comes with mlflow; without it only the builtin class is looked for
+        RequestsConnectionError = ConnectionError   # noqa: N806
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ConnectionError, RequestsConnectionError)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None

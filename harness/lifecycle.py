@@ -207,10 +207,13 @@ def guarded(rep: Any, hint: Callable[[], str], echo: Callable[[str], None] = pri
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        told = False
         with contextlib.suppress(Exception):   # a store that is down must not hide the first error
             rep.set_tags({"error": what.splitlines()[0][:500] if what else status})
             rep.close(status)
-        echo(f"run {rep.run_ids.get('parent')} ended {status} ({what}). {hint()}")
+            told = True
+        where = "" if told else "; MLflow could not be told, so it shows the run RUNNING until `cli.py runs gc`"
+        echo(f"run {rep.run_ids.get('parent')} ended {status} ({what.splitlines()[0][:500]}{where}). {hint()}")
         raise
 
 

@@ -200,3 +200,44 @@ def test_processes_opening_a_fresh_store_at_once_all_get_it(tmp_path):
     outs = [p.communicate(timeout=180)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(outs)
     assert [o.strip().splitlines()[-1] for o in outs] == ["1"] * 4, outs   # the Default experiment, once
+
+
+def test_a_tracking_server_lost_mid_run_gives_a_clear_error_and_the_run_resumes(mlflow_uri, tmp_path):
+    """The server dies under a training run: one line naming it (no traceback), exit 75 (a sweep retries it),
+    the checkpoint kept; once a store is back the same run continues to the end."""
+    from harness.sweep import tracking_server
+    args = _new_args(tmp_path)
+    with tracking_server(mlflow_uri, needed=True, echo=lambda s: None) as url:
+        env = dict(os.environ, MUJOCO_GL="egl", PYTHONUNBUFFERED="1", MLFLOW_TRACKING_URI=url,
+                   MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+        proc = subprocess.Popen(_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        run_id = _wait_for_checkpoint(tmp_path, proc, 0)
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, text
+    assert f"the MLflow tracking server {url} cannot be reached" in text and "Traceback" not in text, text
+    assert f"run-stream --resume {run_id}" in text and "MLflow could not be told" in text, text
+    assert checkpoint.load(tmp_path / "runs" / run_id / "checkpoint.pt")["progress"]["global_env_frames"] > 0
+    # the store itself is intact: the run is there, RUNNING (nobody could tell it otherwise), and resumes
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    gc = CliRunner().invoke(cli.main, ["runs", "gc"])
+    assert gc.exit_code == 0 and f"marking {run_id}" in gc.output, gc.output
+    done = subprocess.run(_cmd("--resume", run_id), cwd=tmp_path, env=dict(os.environ, MUJOCO_GL="egl"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_tracking_server_that_is_not_there_is_named_without_a_traceback(mlflow_uri, tmp_path, monkeypatch):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]   # closed again: nothing listens there
+    env = dict(os.environ, MUJOCO_GL="egl", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    out = subprocess.run(_cmd(*_new_args(tmp_path)), cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 75, out.stdout + out.stderr
+    assert f"http://127.0.0.1:{port} cannot be reached" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

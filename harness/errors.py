@@ -36,17 +36,17 @@ STORE_UNREACHABLE_EXIT = 75   # EX_TEMPFAIL: the tracking server is down; `sweep
 
 
 def unreachable_store(exc: BaseException) -> BaseException | None:
-    """The connection error under ``exc`` (its cause/context chain) when a network peer (the MLflow tracking
-    server, the only one a run talks to) cannot be reached; None for any other error."""
+    """The connection error under ``exc`` (its cause/context chain) when MLflow raised it: the tracking server
+    cannot be reached. None for any other error (a Ray cluster that does not answer is not MLflow's)."""
     try:
         from requests.exceptions import ConnectionError as RequestsConnectionError
     except ImportError:             # requests comes with mlflow; without it only the builtin class is looked for
         RequestsConnectionError = ConnectionError   # noqa: N806
-    seen: set[int] = set()
+    chain: list[BaseException] = []
     e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (ConnectionError, RequestsConnectionError)):
-            return e
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
         e = e.__cause__ or e.__context__
-    return None
+    if not any(type(c).__module__.startswith("mlflow") for c in chain):
+        return None
+    return next((c for c in chain if isinstance(c, (ConnectionError, RequestsConnectionError))), None)

@@ -241,3 +241,18 @@ def test_a_tracking_server_that_is_not_there_is_named_without_a_traceback(mlflow
     assert out.returncode == 75, out.stdout + out.stderr
     assert f"http://127.0.0.1:{port} cannot be reached" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_only_mlflow_connection_errors_are_called_an_unreachable_tracking_server():
+    from mlflow.exceptions import MlflowException
+
+    from harness.errors import unreachable_store
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as inner:
+            raise MlflowException("API request to http://127.0.0.1:1/api failed") from inner
+    except MlflowException as exc:
+        assert isinstance(unreachable_store(exc), ConnectionRefusedError)
+    assert unreachable_store(ConnectionError("Could not find any running Ray instance")) is None
+    assert unreachable_store(MlflowException("RESOURCE_DOES_NOT_EXIST")) is None

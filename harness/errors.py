@@ -38,10 +38,7 @@ STORE_UNREACHABLE_EXIT = 75   # EX_TEMPFAIL: the tracking server is down; `sweep
 def unreachable_store(exc: BaseException) -> BaseException | None:
     """The connection error under ``exc`` (its cause/context chain) when MLflow raised it: the tracking server
     cannot be reached. None for any other error (a Ray cluster that does not answer is not MLflow's)."""
-    try:
-        from requests.exceptions import ConnectionError as RequestsConnectionError
-    except ImportError:             # requests comes with mlflow; without it only the builtin class is looked for
-        RequestsConnectionError = ConnectionError   # noqa: N806
+    from requests.exceptions import ConnectionError as RequestsConnectionError  # comes with mlflow
     chain: list[BaseException] = []
     e: BaseException | None = exc
     while e is not None and all(e is not c for c in chain):

@@ -229,11 +229,9 @@ def test_a_tracking_server_lost_mid_run_gives_a_clear_error_and_the_run_resumes(
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_a_tracking_server_that_is_not_there_is_named_without_a_traceback(mlflow_uri, tmp_path, monkeypatch):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]   # closed again: nothing listens there
+def test_a_tracking_server_that_is_not_there_is_named_without_a_traceback(mlflow_uri, tmp_path):
+    from harness.sweep import _free_port
+    port = _free_port()   # closed again: nothing listens there
     env = dict(os.environ, MUJOCO_GL="egl", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
                MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
     out = subprocess.run(_cmd(*_new_args(tmp_path)), cwd=tmp_path, env=env, capture_output=True, text=True,
